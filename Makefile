@@ -1,0 +1,39 @@
+# Every target sets up .venv itself (Python 3.11, exact pins) and reinstalls only when
+# pyproject.toml or requirements.lock changed.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.speechport-installed
+SP := $(VENV)/bin/speechport
+MODEL ?= lstm_ctc
+
+.PHONY: setup onnx test bench nightly corpus train clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==25.3
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+onnx: $(STAMP)
+	$(SP) build targets/onnx.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench.build_cache
+
+nightly: $(STAMP)
+	@set -e; for t in targets/nightly/*.yaml; do echo "== $$t"; $(SP) build $$t --out artifacts/nightly/$$(basename $$t .yaml); done
+
+corpus: $(STAMP)
+	$(VENV)/bin/python -m models.corpus.synthesize
+
+train: $(STAMP)
+	$(VENV)/bin/python -m models.train $(MODEL)
+
+clean:
+	rm -rf artifacts/cache artifacts/onnx artifacts/nightly

@@ -1,0 +1,1 @@
+"""Streaming speech models (see README.md for the protocol every model follows)."""

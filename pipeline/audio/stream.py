@@ -1,0 +1,60 @@
+"""A split's utterances streamed back to back, as the chunk inputs a device would compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.audio.corpus import load_split, speech_mask
+from pipeline.audio.frontend import stream_chunks
+from pipeline.cache import digest_files
+from pipeline.errors import UserError
+from pipeline.spec import StreamSpec
+
+
+@dataclass(frozen=True)
+class SpeechStream:
+    audio: np.ndarray  # float32, the whole split back to back
+    text: str  # ground truth, utterances joined by a space
+    speech: np.ndarray  # bool per sample
+    chunks: list[dict[str, np.ndarray]]  # chunk input name -> value, in the contract's shape
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / 16_000
+
+
+def split_digest(corpus_dir: Path, split: str) -> str:
+    from pipeline.audio.corpus import split_files
+
+    return digest_files(split_files(corpus_dir, split), Path(corpus_dir) / split)
+
+
+def speech_stream(corpus_dir: Path, split: str, spec: StreamSpec, max_seconds: float | None = None) -> SpeechStream:
+    if len(spec.inputs) != 1:
+        raise UserError(
+            f"the {spec.frontend.kind} frontend feeds one chunk input, the model declares {len(spec.inputs)}",
+            where="io.inputs",
+        )
+    utterances = load_split(corpus_dir, split)
+    audio = np.concatenate([u.audio for u in utterances]).astype(np.float32)
+    speech = np.concatenate([speech_mask(u) for u in utterances])
+    text = " ".join(u.text for u in utterances if u.text)
+    if max_seconds is not None:
+        keep = int(max_seconds * spec.frontend.sample_rate)
+        # cut at an utterance boundary so the ground-truth transcript stays exact
+        ends = np.cumsum([len(u.audio) for u in utterances])
+        count = max(1, int(np.searchsorted(ends, keep, side="right")))
+        audio, speech = audio[: ends[count - 1]], speech[: ends[count - 1]]
+        text = " ".join(u.text for u in utterances[:count] if u.text)
+    target = spec.inputs[0]
+    chunks = [{target.name: c.reshape(target.shape)} for c in stream_chunks(audio, spec.frontend, spec.chunk_samples)]
+    return SpeechStream(audio=audio, text=text, speech=speech, chunks=chunks)
+
+
+def frame_labels(speech: np.ndarray, frames: int, hop: int) -> np.ndarray:
+    """Speech/non-speech label per output frame: the majority over the samples frame i adds."""
+    usable = speech[: frames * hop].reshape(frames, hop)
+    return usable.mean(axis=1) >= 0.5

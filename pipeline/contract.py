@@ -1,0 +1,96 @@
+"""`contract.json`: how an app drives one artifact, written next to every artifact.
+
+It holds the stream description (frontend, chunk, inputs, state pairs, outputs, decoder) in the
+model's own terms, plus a binding per tensor that says what that tensor is called inside this
+artifact, its shape and dtype there, the axis permutation from the contract's layout to the
+artifact's (converters re-lay tensors out), and for integer tensors the scale and zero point.
+Runtimes are driven by this file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.spec import DType, Strict, StreamSpec
+
+CONTRACT_FILE = "contract.json"
+
+
+class Quantization(Strict):
+    scale: float = Field(description="real = scale * (q - zero_point)")
+    zero_point: int = Field(description="Integer that represents real 0.")
+    dtype: Literal["int8", "uint8", "int16", "uint16"] = Field(description="Integer type on the wire.")
+
+
+class Binding(Strict):
+    name: str = Field(description="Tensor name inside the artifact.")
+    shape: tuple[int, ...] = Field(description="Shape inside the artifact (after `permutation`).")
+    dtype: DType | Literal["float16", "int8", "uint8", "int16", "uint16"] = Field(description="Element type inside the artifact.")
+    permutation: tuple[int, ...] | None = Field(
+        None, description="Artifact tensor = contract tensor transposed by this permutation; None if identical."
+    )
+    quantization: Quantization | None = Field(None, description="Set when the artifact takes or gives integers.")
+
+
+class Contract(Strict):
+    schema_version: int = Field(1, alias="schema", description="Contract format version.")
+    target: str = Field(description="Manifest target that produced the artifact.")
+    model: str = Field(description="Model factory the artifact was exported from.")
+    backend: str = Field(description="Runtime that executes the artifact (torch, onnxruntime, litert, ...).")
+    precision: str = Field(description="fp32, fp16, int8 or int16x8.")
+    artifact: str = Field(description="File name of the model inside this directory.")
+    stream: StreamSpec = Field(description="Frontend, chunk, inputs, state pairs, outputs and decoder.")
+    bindings: dict[str, Binding] = Field(description="Contract tensor name -> how it appears in the artifact.")
+    usage: tuple[str, ...] = Field((), description="The streaming loop, step by step, for an app developer.")
+
+    def binding(self, name: str) -> Binding:
+        return self.bindings[name]
+
+
+def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
+    frontend = stream.frontend
+    if frontend.kind == "logmel":
+        feature = (
+            f"compute {frontend.n_mels}-bin log-mel frames from the chunk (Hann window {frontend.win_length}, "
+            f"hop {frontend.hop_length}, FFT {frontend.n_fft}, mel {frontend.f_min}-{frontend.f_max} Hz HTK scale, "
+            f"ln(mel + {frontend.log_floor})), keeping the last {frontend.win_length - frontend.hop_length} samples "
+            "of the previous chunk as left context (zeros before the first)"
+        )
+    else:
+        feature = "feed the samples as float32 in [-1, 1]"
+    steps = [
+        "Before the first chunk, and whenever the stream restarts: set every state input to its `init` value.",
+        f"Read {stream.chunk_samples} samples ({stream.chunk_ms} ms at {frontend.sample_rate} Hz, mono) from the microphone.",
+        f"For input {stream.inputs[0].name!r}: {feature}.",
+        "Run the model with the chunk input(s) and the current state inputs, each converted to its binding's "
+        "shape (permutation), dtype and, for integer bindings, quantized with its scale and zero point.",
+    ]
+    steps += [f"Keep output {s.output!r} and feed it as {s.input!r} on the next call." for s in stream.states]
+    if stream.decoder is not None and stream.decoder.kind == "ctc_greedy":
+        steps.append("Decode: arg-max class per frame, merge repeats, drop class 0 (blank), map class k to vocabulary[k-1].")
+    elif stream.decoder is not None:
+        steps.append(f"Decide: arg-max class per frame among {list(stream.decoder.classes)}.")
+    return tuple(steps)
+
+
+def identity_bindings(stream: StreamSpec) -> dict[str, Binding]:
+    """Bindings for an artifact that keeps the contract's names, shapes and float types."""
+    bindings = {i.name: Binding(name=i.name, shape=i.shape, dtype=i.dtype) for i in stream.inputs}
+    for s in stream.states:
+        bindings[s.input] = Binding(name=s.input, shape=s.shape, dtype=s.dtype)
+        bindings[s.output] = Binding(name=s.output, shape=s.shape, dtype=s.dtype)
+    bindings.update({o.name: Binding(name=o.name, shape=o.shape, dtype=o.dtype) for o in stream.outputs})
+    return bindings
+
+
+def write_contract(directory: Path, contract: Contract) -> None:
+    text = json.dumps(contract.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+    (directory / CONTRACT_FILE).write_text(text)
+
+
+def read_contract(directory: Path) -> Contract:
+    return Contract.model_validate(json.loads((directory / CONTRACT_FILE).read_text()))

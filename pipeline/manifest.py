@@ -1,0 +1,234 @@
+"""Target manifests: what to build, for which model, verified against what.
+
+Relative paths in a manifest resolve against the manifest's own directory, so a manifest and
+the model it names may live anywhere (that is how a user brings their own model).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+from pipeline.spec import StreamSpec
+
+Backend = Literal["onnxruntime", "litert"]
+Precision = Literal["fp32", "fp16", "int8", "int16x8"]
+
+# which precisions each backend can build; checked before anything runs
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32",),
+    "litert": ("fp32", "fp16", "int8", "int16x8"),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(Strict):
+    factory: str = Field(
+        description="'package.module:callable' returning the streaming nn.Module; importable from the repo, "
+        "`python_path` or PYTHONPATH.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    checkpoint: Path = Field(description="Weights: .safetensors, or a state dict loadable with torch.load(weights_only=True).")
+    python_path: tuple[Path, ...] = Field((), description="Extra directories put on sys.path before importing the factory.")
+
+
+class VerificationData(Strict):
+    corpus: Path = Field(description="Corpus directory holding <split>/index.json and its audio.")
+    split: str = Field("verification", description="Split streamed back to back through every artifact.")
+    max_seconds: float | None = Field(None, gt=0, description="Stream only this much audio (None: the whole split).")
+
+
+class CalibrationData(Strict):
+    corpus: Path = Field(description="Corpus directory holding <split>/index.json and its audio.")
+    split: str = Field("calibration", description="Split the reference streams to record (chunk, state) samples.")
+    max_samples: int = Field(2000, gt=0, description="Calibration samples kept, evenly spaced over the stream.")
+
+
+class Tolerance(Strict):
+    max_abs: float | None = Field(None, ge=0, description="Largest absolute error allowed on any output element.")
+    rms: float | None = Field(None, ge=0, description="Largest RMS error allowed per output.")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="Smallest cosine similarity allowed per output.")
+    max_cer_vs_reference: float | None = Field(
+        None, ge=0, description="Largest character error rate of the transcript against the PyTorch reference's."
+    )
+    min_decision_agreement: float | None = Field(
+        None, ge=0, le=1, description="Smallest fraction of frames whose decision equals the reference's."
+    )
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, max_cer_vs_reference=0.0, min_decision_agreement=1.0),
+    "fp16": Tolerance(max_abs=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995),
+    "int16x8": Tolerance(min_cosine=0.99, max_cer_vs_reference=0.05, min_decision_agreement=0.98),
+    "int8": Tolerance(min_cosine=0.9, max_cer_vs_reference=0.15, min_decision_agreement=0.95),
+}
+
+
+class Budgets(Strict):
+    max_size_mb: float = Field(50.0, gt=0, description="Largest artifact file allowed, in MB (10^6 bytes).")
+    max_rtf: float = Field(0.5, gt=0, description="Largest real-time factor allowed (processing / audio time, 1 thread).")
+
+
+class Manifest(Strict):
+    name: str = Field(description="Target name; names the output directory.", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = Field("", description="Free text shown in reports.")
+    model: ModelRef = Field(description="The streaming model to export.")
+    io: StreamSpec | None = Field(
+        None, description="Streaming I/O. Omit to take the model's own `streaming_spec(chunk_ms)`; if given, it is checked."
+    )
+    chunk_ms: tuple[int, ...] = Field((20,), min_length=1, description="Chunk lengths to build and verify, in ms.")
+    backends: dict[Backend, tuple[Precision, ...]] = Field(
+        description="Backend -> precisions to build, e.g. {litert: [fp32, int8]}.", min_length=1
+    )
+    verification: VerificationData = Field(description="Speech streamed through every artifact.")
+    calibration: CalibrationData | None = Field(None, description="Speech recorded for INT8 calibration.")
+    tolerances: dict[Precision, Tolerance] = Field(
+        default_factory=dict, description="Per-precision overrides of the default tolerances."
+    )
+    budgets: Budgets = Field(default_factory=Budgets, description="Size and speed limits per artifact.")
+
+    @field_validator("chunk_ms")
+    @classmethod
+    def _whole_frames(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for ms in value:
+            if ms <= 0 or ms % 10:
+                raise ValueError(f"chunk length {ms} ms is not a positive multiple of the 10 ms frame hop")
+        if len(set(value)) != len(value):
+            raise ValueError(f"chunk lengths repeat: {list(value)}")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _supported(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for backend, precisions in value.items():
+            if not precisions:
+                raise ValueError(f"backend {backend!r} lists no precision")
+            unsupported = [p for p in precisions if p not in BACKEND_PRECISIONS[backend]]
+            if unsupported:
+                raise ValueError(
+                    f"backend {backend!r} cannot build {unsupported}; it builds {list(BACKEND_PRECISIONS[backend])}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if self.io is not None and self.chunk_ms != (self.io.chunk_ms,):
+            raise ValueError(
+                f"chunk_ms {list(self.chunk_ms)} disagrees with io.chunk_ms {self.io.chunk_ms}: "
+                "an explicit io describes exactly one chunk length"
+            )
+        quantized = {p for ps in self.backends.values() for p in ps if p in ("int8", "int16x8")}
+        if quantized and self.calibration is None:
+            raise ValueError(f"precisions {sorted(quantized)} need a `calibration` section (real speech to calibrate on)")
+        return self
+
+    def tolerance(self, precision: str) -> Tolerance:
+        default = DEFAULT_TOLERANCES[precision]
+        override = self.tolerances.get(precision)  # type: ignore[call-overload]
+        if override is None:
+            return default
+        return default.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+def _resolve(manifest: Manifest, base: Path) -> Manifest:
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    model = manifest.model.model_copy(
+        update={"checkpoint": absolute(manifest.model.checkpoint), "python_path": tuple(map(absolute, manifest.model.python_path))}
+    )
+    update: dict[str, Any] = {
+        "model": model,
+        "verification": manifest.verification.model_copy(update={"corpus": absolute(manifest.verification.corpus)}),
+    }
+    if manifest.calibration is not None:
+        update["calibration"] = manifest.calibration.model_copy(update={"corpus": absolute(manifest.calibration.corpus)})
+    return manifest.model_copy(update=update)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """X | None, Annotated[...] -> the part that has fields or items."""
+    from typing import Annotated, Union, get_args, get_origin
+
+    while get_origin(annotation) in (Union, Annotated) or type(annotation).__name__ == "UnionType":
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = options[0] if options else annotation
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _field_names(model: type[BaseModel], location: tuple) -> list[str]:
+    """Valid field names at `location` (for 'did you mean'), walking models, dicts and lists."""
+    from typing import get_args, get_origin
+
+    current: Any = model
+    for part in location[:-1]:
+        current = _unwrap(current)
+        if get_origin(current) is dict:
+            current = get_args(current)[1]
+        elif get_origin(current) in (tuple, list):
+            current = get_args(current)[0]
+        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid manifest ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''})"]
+    for error in exc.errors():
+        location = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("logmel", "pcm", "ctc_greedy", "decision")))
+        field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in location).replace(".[", "[")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden" and location:
+            close = difflib.get_close_matches(str(location[-1]), _field_names(Manifest, location), n=1)
+            message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in error and error["type"] not in ("value_error",):
+            message += f" (got {error['input']!r})"
+        lines.append(f"  {field or '<top level>'}: {message}")
+    return "\n".join(lines)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read, validate and resolve a manifest; every problem is a UserError naming the file and field."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("manifest not found", where=str(path), hint="pass a path like targets/android.yaml")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"not valid YAML: {exc}", where=str(path)) from None
+    if not isinstance(document, dict):
+        raise UserError(f"expected a mapping of fields at the top level, got {type(document).__name__}", where=str(path))
+    try:
+        manifest = Manifest.model_validate(document)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, str(path))) from None
+    manifest = _resolve(manifest, path.parent.resolve())
+    if not manifest.model.checkpoint.is_file():
+        raise UserError(f"checkpoint file not found: {manifest.model.checkpoint}", where=f"{path}: model.checkpoint")
+    for field, data in (("verification", manifest.verification), ("calibration", manifest.calibration)):
+        if data is not None and not (data.corpus / data.split / "index.json").is_file():
+            raise UserError(
+                f"no corpus split at {data.corpus / data.split} (expected index.json there)",
+                where=f"{path}: {field}.corpus",
+                hint="run `make corpus` or fix the path (relative paths are from the manifest's directory)",
+            )
+    return manifest

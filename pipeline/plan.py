@@ -1,0 +1,112 @@
+"""plan(manifest) -> Graph: the stages a target needs, derived from its backends and precisions.
+
+    trace -> onnx -> simplify -> (backend lowering) -> verify -> report
+    trace -> reference ---------------------------------^
+
+One chain per chunk length; one verify per (backend, precision, chunk length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.audio.stream import split_digest
+from pipeline.cache import sha256_file
+from pipeline.dag import Graph, Node
+from pipeline.manifest import Manifest
+from pipeline.model import source_digest
+from pipeline.stages.onnx_export import OnnxConfig, OnnxStage
+from pipeline.stages.reference import ReferenceConfig, ReferenceStage, StreamData
+from pipeline.stages.report import ReportConfig, ReportStage
+from pipeline.stages.simplify import SimplifyConfig, SimplifyStage
+from pipeline.stages.trace import TraceConfig, TraceStage
+from pipeline.stages.verify import VerifyConfig, VerifyStage
+
+
+@dataclass
+class PlanContext:
+    manifest: Manifest
+    nodes: list[Node] = field(default_factory=list)
+
+    def add(self, node: Node) -> str:
+        if node.id not in {n.id for n in self.nodes}:
+            self.nodes.append(node)
+        return node.id
+
+
+def variant_name(backend: str, precision: str, chunk_ms: int) -> str:
+    return f"{backend}-{precision}@{chunk_ms}ms"
+
+
+def _onnxruntime_artifact(ctx: PlanContext, chunk_ms: int, precision: str, simplified: str, traced: str) -> str:
+    return simplified
+
+
+# backend -> function adding the nodes that lower the simplified ONNX graph; returns the artifact node id
+LOWERINGS: dict[str, Callable[[PlanContext, int, str, str, str], str]] = {
+    "onnxruntime": _onnxruntime_artifact,
+}
+
+
+def plan(manifest: Manifest) -> Graph:
+    ctx = PlanContext(manifest)
+    ref = manifest.model
+    checkpoint_sha = sha256_file(ref.checkpoint)
+    source_sha = source_digest(ref)
+    v = manifest.verification
+    data = StreamData(split=v.split, split_sha256=split_digest(v.corpus, v.split), max_seconds=v.max_seconds, corpus=v.corpus)
+    verify_nodes = []
+    for chunk_ms in manifest.chunk_ms:
+        suffix = f"@{chunk_ms}ms"
+        traced = ctx.add(
+            Node(
+                f"trace{suffix}",
+                TraceStage,
+                TraceConfig(
+                    target=manifest.name,
+                    factory=ref.factory,
+                    kwargs=ref.kwargs,
+                    checkpoint_sha256=checkpoint_sha,
+                    source_sha256=source_sha,
+                    io=manifest.io,
+                    chunk_ms=chunk_ms,
+                    checkpoint=ref.checkpoint,
+                    python_path=ref.python_path,
+                ),
+            )
+        )
+        exported = ctx.add(Node(f"onnx{suffix}", OnnxStage, OnnxConfig(), (("model", traced),)))
+        simplified = ctx.add(Node(f"simplify{suffix}", SimplifyStage, SimplifyConfig(), (("model", exported),)))
+        reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data), (("model", traced),)))
+        for backend, precisions in manifest.backends.items():
+            for precision in precisions:
+                artifact = LOWERINGS[backend](ctx, chunk_ms, precision, simplified, traced)
+                name = variant_name(backend, precision, chunk_ms)
+                verify_nodes.append(
+                    ctx.add(
+                        Node(
+                            f"verify:{name}",
+                            VerifyStage,
+                            VerifyConfig(
+                                variant=name,
+                                backend=backend,
+                                precision=precision,
+                                chunk_ms=chunk_ms,
+                                tolerance=manifest.tolerance(precision),
+                                budgets=manifest.budgets,
+                                data=data,
+                            ),
+                            (("model", artifact), ("reference", reference)),
+                        )
+                    )
+                )
+    ctx.add(
+        Node(
+            "report",
+            ReportStage,
+            ReportConfig(target=manifest.name, model=ref.factory, description=manifest.description),
+            tuple((node_id.removeprefix("verify:"), node_id) for node_id in verify_nodes),
+        )
+    )
+    return Graph(ctx.nodes)

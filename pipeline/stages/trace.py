@@ -1,0 +1,144 @@
+"""trace: load the model, hold it to its declared streaming I/O, check streaming == batch, and
+freeze the explicit-state forward with torch.jit.trace.
+
+The traced module is the PyTorch reference every backend is compared with, and the input of
+the ONNX export, so every downstream stage starts from exactly the same graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.cache import Artifact
+from pipeline.contract import Contract, identity_bindings, usage_steps, write_contract
+from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.errors import UserError
+from pipeline.manifest import ModelRef
+from pipeline.spec import StreamSpec
+
+ARTIFACT = "model.pt"
+
+
+class TraceConfig(StageConfig):
+    target: str = Field(description="Target name, recorded in the contract.")
+    factory: str = Field(description="Model factory, 'module:callable'.")
+    kwargs: dict[str, Any] = Field(description="Factory keyword arguments.")
+    checkpoint_sha256: str = Field(description="Digest of the checkpoint file (the path itself is not hashed).")
+    source_sha256: str = Field(description="Digest of the model's Python source package.")
+    io: StreamSpec | None = Field(description="Manifest-declared streaming I/O, or None for the model's own spec.")
+    chunk_ms: int = Field(description="Chunk length to trace at.")
+    consistency_chunks: int = Field(64, description="Chunks streamed when comparing with the batch forward.")
+    consistency_atol: float = Field(1e-5, description="Largest streaming-vs-batch difference accepted.")
+    checkpoint: Path = Field(exclude=True, description="Where to read the checkpoint (not part of the key).")
+    python_path: tuple[Path, ...] = Field((), exclude=True, description="Extra import paths (not part of the key).")
+
+
+def _example_chunks(spec: StreamSpec, count: int) -> list[list[np.ndarray]]:
+    """Deterministic inputs in a plausible range: log-mel-like frames or quiet noise for PCM."""
+    rng = np.random.default_rng(0)
+    chunks = []
+    for _ in range(count):
+        if spec.frontend.kind == "pcm":
+            chunks.append([(0.1 * rng.standard_normal(i.shape)).astype(np.float32) for i in spec.inputs])
+        else:
+            chunks.append([(rng.standard_normal(i.shape) * 2.0 - 6.0).astype(np.float32) for i in spec.inputs])
+    return chunks
+
+
+def check_streaming_matches_batch(model: Any, spec: StreamSpec, count: int, atol: float) -> float | None:
+    """Stream `count` chunks from the initial state; compare with forward_batch on their concatenation."""
+    import torch
+
+    if not hasattr(model, "forward_batch"):
+        return None
+    chunks = _example_chunks(spec, count)
+    state = [torch.full(s.shape, s.init) for s in spec.states]
+    streamed: list[list[torch.Tensor]] = [[] for _ in spec.outputs]
+    with torch.no_grad():
+        for chunk in chunks:
+            results = model(*map(torch.from_numpy, chunk), *state)
+            for k in range(len(spec.outputs)):
+                streamed[k].append(results[k])
+            state = list(results[len(spec.outputs):])
+        whole = [torch.from_numpy(np.concatenate([c[k] for c in chunks], axis=i.time_axis)) for k, i in enumerate(spec.inputs)]
+        batch = model.forward_batch(*whole)
+    worst = 0.0
+    for k, output in enumerate(spec.outputs):
+        joined = torch.cat(streamed[k], dim=output.time_axis)
+        if tuple(joined.shape) != tuple(batch[k].shape):
+            raise UserError(
+                f"output {output.name!r}: streamed chunks concatenate to {tuple(joined.shape)} but forward_batch "
+                f"returns {tuple(batch[k].shape)}",
+                where="model.forward_batch",
+            )
+        error = float((joined - batch[k]).abs().max())
+        worst = max(worst, error)
+        if error > atol:
+            raise UserError(
+                f"output {output.name!r}: streaming chunk by chunk differs from forward_batch by {error:.3g} "
+                f"(allowed {atol:g}) over {count} chunks; the streaming state does not carry what the batch model sees",
+                where="model.forward",
+            )
+    return worst
+
+
+class TraceStage(Stage):
+    name = "trace"
+    version = "1"
+    tools = ("torch", "numpy")
+    Config = TraceConfig
+
+    @classmethod
+    def run(cls, config: TraceConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
+        import torch
+
+        from pipeline.model import build_model, check_io, initial_state
+
+        torch.manual_seed(0)
+        ref = ModelRef(factory=config.factory, kwargs=config.kwargs, checkpoint=config.checkpoint, python_path=config.python_path)
+        model = build_model(ref)
+        if config.io is not None:
+            spec, where = config.io, "io"
+        else:
+            declare = getattr(model, "streaming_spec", None)
+            if declare is None:
+                raise UserError(f"{config.factory} has no streaming_spec(chunk_ms) and the manifest declares no io", where="io")
+            spec, where = declare(config.chunk_ms), "model.streaming_spec"
+        check_io(model, spec, where)
+        worst = check_streaming_matches_batch(model, spec, config.consistency_chunks, config.consistency_atol)
+        ctx.log(f"streaming vs batch max abs difference: {worst if worst is not None else 'no forward_batch'}")
+
+        example = [torch.zeros(i.shape) for i in spec.inputs] + [torch.from_numpy(v) for v in initial_state(spec).values()]
+        with torch.no_grad():
+            traced = torch.jit.trace(model, tuple(example), check_trace=False)
+            # the trace must reproduce eager on real values, not only on the zeros it was traced with
+            state = [torch.from_numpy(v) for v in initial_state(spec).values()]
+            for chunk in _example_chunks(spec, 8):
+                eager = model(*map(torch.from_numpy, chunk), *state)
+                frozen = traced(*map(torch.from_numpy, chunk), *state)
+                for name, a, b in zip(spec.output_names, eager, frozen):
+                    if not torch.allclose(a, b, atol=1e-6, rtol=0):
+                        raise UserError(
+                            f"torch.jit.trace does not reproduce eager output {name!r} (max diff "
+                            f"{float((a - b).abs().max()):.3g}); forward has data-dependent control flow",
+                            where="model.forward",
+                        )
+                state = list(eager[len(spec.outputs):])
+        traced.save(str(out / ARTIFACT))
+        write_contract(
+            out,
+            Contract(
+                target=config.target,
+                model=config.factory,
+                backend="torch",
+                precision="fp32",
+                artifact=ARTIFACT,
+                stream=spec,
+                bindings=identity_bindings(spec),
+                usage=usage_steps(spec),
+            ),
+        )

@@ -1,0 +1,134 @@
+"""The cache: hits when nothing changed, misses exactly downstream of what did, never trusts damage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import dag
+from pipeline.cache import Cache
+from pipeline.manifest import load_manifest
+from pipeline.plan import plan
+from pipeline.stages.onnx_export import OnnxStage
+from tests.conftest import write_manifest
+
+
+def build(manifest_path: Path, cache_dir: Path) -> tuple[dict, dict[str, bool]]:
+    """Build; return the artifacts and, per node, whether it was a cache hit."""
+    hits: dict[str, bool] = {}
+    events = dag.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    graph = plan(load_manifest(manifest_path))
+    return dag.execute(graph, Cache(cache_dir), "tiny", events), hits
+
+
+def test_second_build_hits_everything(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    first, hits = build(path, cache_dir)
+    assert not any(hits.values())
+    second, hits = build(path, cache_dir)
+    assert all(hits.values()), hits
+    assert {k: a.digest for k, a in first.items()} == {k: a.digest for k, a in second.items()}
+
+
+def test_changed_config_misses_only_downstream(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    build(path, cache_dir)
+    changed = write_manifest(tmp_path / "m.yaml", **tiny_manifest, tolerances={"fp32": {"max_abs": 2e-5}})
+    _, hits = build(changed, cache_dir)
+    misses = {node for node, hit in hits.items() if not hit}
+    assert misses == {"verify:onnxruntime-fp32@20ms", "report"}
+
+
+def test_changed_stage_version_reruns_the_stage_and_cuts_off_identical_output(
+    tmp_path: Path, tiny_manifest: dict, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    build(path, cache_dir)
+    monkeypatch.setattr(OnnxStage, "version", OnnxStage.version + "-next")
+    graph = plan(load_manifest(path))
+    statuses = {s.node_id: s for s in dag.explain(graph, Cache(cache_dir), "tiny")}
+    assert any(r.startswith("stage version 1 -> 1-next") for r in statuses["onnx@20ms"].reasons), statuses["onnx@20ms"].reasons
+    assert statuses["trace@20ms"].hit and statuses["reference@20ms"].hit
+    _, hits = build(path, cache_dir)
+    # the new version wrote the same bytes, so everything keyed on those bytes is still valid
+    assert {node for node, hit in hits.items() if not hit} == {"onnx@20ms"}
+
+
+def test_changed_stage_version_with_new_bytes_misses_everything_downstream(
+    tmp_path: Path, tiny_manifest: dict, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    build(path, cache_dir)
+    original = OnnxStage.run.__func__
+
+    def run_and_stamp(cls, config, inputs, out, ctx):
+        import onnx
+
+        original(cls, config, inputs, out, ctx)
+        model = onnx.load(str(out / "model.onnx"))
+        onnx.helper.set_model_props(model, {"exporter_revision": "next"})
+        onnx.save(model, str(out / "model.onnx"))
+
+    monkeypatch.setattr(OnnxStage, "version", OnnxStage.version + "-next")
+    monkeypatch.setattr(OnnxStage, "run", classmethod(run_and_stamp))
+    _, hits = build(path, cache_dir)
+    misses = {node for node, hit in hits.items() if not hit}
+    assert misses == {"onnx@20ms", "simplify@20ms", "verify:onnxruntime-fp32@20ms", "report"}
+
+
+def test_changed_tool_version_misses_the_stages_that_call_it(
+    tmp_path: Path, tiny_manifest: dict, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    build(path, cache_dir)
+    real = dag.tool_version
+    monkeypatch.setattr(dag, "tool_version", lambda name: "99.0" if name == "torch" else real(name))
+    graph = plan(load_manifest(path))
+    statuses = {s.node_id: s for s in dag.explain(graph, Cache(cache_dir), "tiny")}
+    assert f"tool version torch: {real('torch')} -> 99.0" in statuses["trace@20ms"].reasons
+    _, hits = build(path, cache_dir)
+    misses = {node for node, hit in hits.items() if not hit}
+    # every stage that records torch reruns; simplify does not call torch and its input bytes are unchanged
+    assert misses == {"trace@20ms", "onnx@20ms", "reference@20ms", "verify:onnxruntime-fp32@20ms", "report"}
+    assert hits["simplify@20ms"] is True
+
+
+def test_corrupted_artifact_is_detected_and_rebuilt(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    first, _ = build(path, cache_dir)
+    model = first["simplify@20ms"].path / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    graph = plan(load_manifest(path))
+    statuses = {s.node_id: s for s in dag.explain(graph, Cache(cache_dir), "tiny")}
+    assert statuses["simplify@20ms"].reasons[0].startswith("cached artifact corrupt: model.onnx")
+    second, hits = build(path, cache_dir)
+    assert hits["simplify@20ms"] is False and hits["onnx@20ms"] is True
+    assert second["simplify@20ms"].digest == first["simplify@20ms"].digest
+    listing = json.loads((second["simplify@20ms"].path / "artifact.json").read_text())
+    assert Cache(cache_dir).lookup("simplify", second["simplify@20ms"].key)[1] == "hit"
+    assert "model.onnx" in listing["files"]
+
+
+def test_key_covers_config_inputs_tools_and_version() -> None:
+    from pipeline.stages.onnx_export import OnnxConfig
+
+    node = dag.Node("onnx@20ms", OnnxStage, OnnxConfig())
+    base = dag.key_of(dag.key_document(node, {"model": "a" * 64}))
+    assert dag.key_of(dag.key_document(node, {"model": "b" * 64})) != base
+    other = dag.Node("onnx@20ms", OnnxStage, OnnxConfig(opset=18))
+    assert dag.key_of(dag.key_document(other, {"model": "a" * 64})) != base
+    assert len(base) == 64
+
+
+def test_graph_rejects_unknown_inputs_and_cycles() -> None:
+    from pipeline.errors import InternalError
+    from pipeline.stages.onnx_export import OnnxConfig
+
+    with pytest.raises(InternalError, match="did you mean 'onnx@20ms'"):
+        dag.Graph([dag.Node("onnx@20ms", OnnxStage, OnnxConfig()), dag.Node("b", OnnxStage, OnnxConfig(), (("model", "onnx@20m"),))])
+    with pytest.raises(InternalError, match="cycle"):
+        dag.Graph([dag.Node("a", OnnxStage, OnnxConfig(), (("m", "b"),)), dag.Node("b", OnnxStage, OnnxConfig(), (("m", "a"),))])

@@ -1,0 +1,115 @@
+"""Bad manifests: exit 2, one message naming the file and the field, no traceback, nothing built."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import tiny_checkpoint, write_manifest
+
+
+def _mutate(manifest: dict, tmp_path: Path, case: str) -> dict:
+    m = copy.deepcopy(manifest)
+    if case == "unknown field":
+        m["backend"] = m.pop("backends")
+    elif case == "wrong type":
+        m["chunk_ms"] = "twenty"
+    elif case == "chunk not whole frames":
+        m["chunk_ms"] = [25]
+    elif case == "missing checkpoint":
+        m["model"]["checkpoint"] = str(tmp_path / "nowhere.safetensors")
+    elif case == "factory does not import":
+        m["model"]["factory"] = "models.no_such_model:build"
+    elif case == "factory malformed":
+        m["model"]["factory"] = "models.lstm_ctc.build"
+    elif case == "factory not callable":
+        m["model"]["factory"] = "models.lstm_ctc:builder"
+    elif case == "unknown backend":
+        m["backends"] = {"tflite": ["fp32"]}
+    elif case == "unsupported precision":
+        m["backends"] = {"onnxruntime": ["int8"]}
+    elif case == "missing model":
+        del m["model"]
+    elif case == "bad kwargs":
+        m["model"]["kwargs"] = {"hidden_size": 32}
+    elif case == "checkpoint does not fit":
+        m["model"]["kwargs"] = {"hidden": 64, "layers": 1}
+    elif case == "declared output shape wrong":
+        m["io"] = {
+            "chunk_ms": 20,
+            "frontend": {"kind": "logmel"},
+            "inputs": [{"name": "feats", "shape": [2, 80], "time_axis": 0}],
+            "states": [{"input": "h_in", "output": "h_out", "shape": [1, 32]}, {"input": "c_in", "output": "c_out", "shape": [1, 32]}],
+            "outputs": [{"name": "logits", "shape": [2, 30], "time_axis": 0}],
+        }
+    elif case == "tolerance typo":
+        m["tolerances"] = {"fp32": {"maxabs": 1e-5}}
+    elif case == "missing corpus":
+        m["verification"]["corpus"] = str(tmp_path / "no-corpus")
+    elif case == "quantized without calibration":
+        m["backends"] = {"litert": ["int8"]}
+    elif case == "not a checkpoint":
+        bogus = tmp_path / "bogus.safetensors"
+        bogus.write_bytes(b"this is not a tensor file")
+        m["model"]["checkpoint"] = str(bogus)
+    return m
+
+
+CASES = {
+    "unknown field": "backend: unknown field; did you mean 'backends'?",
+    "wrong type": "chunk_ms",
+    "chunk not whole frames": "chunk_ms: Value error, chunk length 25 ms is not a positive multiple",
+    "missing checkpoint": "model.checkpoint: checkpoint file not found",
+    "factory does not import": "model.factory: cannot import 'models.no_such_model'",
+    "factory malformed": "model.factory: String should match pattern",
+    "factory not callable": "model.factory: 'models.lstm_ctc' has no callable 'builder'",
+    "unknown backend": "backends.tflite",
+    "unsupported precision": "backend 'onnxruntime' cannot build ['int8']",
+    "missing model": "model: required field is missing",
+    "bad kwargs": "model.kwargs:",
+    "checkpoint does not fit": "model.checkpoint: tiny.safetensors does not fit",
+    "declared output shape wrong": "io.outputs[0].shape: logits: declared shape (2, 30), forward returned (2, 29)",
+    "tolerance typo": "tolerances.fp32.maxabs: unknown field; did you mean 'max_abs'?",
+    "missing corpus": "verification.corpus: no corpus split",
+    "quantized without calibration": "need a `calibration` section",
+    "not a checkpoint": "model.checkpoint: cannot read checkpoint",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_manifest_exits_2_naming_file_and_field(
+    case: str, tmp_path: Path, tiny_manifest: dict, cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_manifest(tmp_path / "bad.yaml", **_mutate(tiny_manifest, tmp_path, case))
+    code = main(["build", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(path) in err
+    assert CASES[case] in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    # nothing half-built was published
+    objects = cache_dir / "objects"
+    published = [p for p in objects.rglob("*") if p.is_dir() and p.parent.parent == objects and not p.name.startswith(".")] if objects.exists() else []
+    assert all((p / "artifact.json").is_file() for p in published)
+
+
+def test_cli_process_prints_no_traceback(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
+    path = write_manifest(tmp_path / "bad.yaml", **_mutate(tiny_manifest, tmp_path, "unknown field"))
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "did you mean 'backends'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_manifest_file_missing_or_not_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["build", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml: manifest not found" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    assert main(["build", str(broken)]) == 2
+    assert "broken.yaml: not valid YAML" in capsys.readouterr().err
