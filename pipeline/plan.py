@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pipeline.audio.stream import split_digest
 from pipeline.cache import sha256_file
 from pipeline.dag import Graph, Node
+from pipeline.errors import InternalError
 from pipeline.manifest import Manifest
 from pipeline.model import source_digest
+from pipeline.stages.calibrate import CalibrateConfig, CalibrateStage
 from pipeline.stages.onnx_export import OnnxConfig, OnnxStage
 from pipeline.stages.reference import ReferenceConfig, ReferenceStage, StreamData
 from pipeline.stages.report import ReportConfig, ReportStage
@@ -33,6 +35,15 @@ class PlanContext:
         if node.id not in {n.id for n in self.nodes}:
             self.nodes.append(node)
         return node.id
+
+    def calibration(self, chunk_ms: int, traced: str) -> str:
+        """The node recording real (chunk, state) pairs from the reference, shared by every quantized variant."""
+        c = self.manifest.calibration
+        if c is None:
+            raise InternalError("a quantized variant was planned for a manifest without a calibration section")
+        data = StreamData(split=c.split, split_sha256=split_digest(c.corpus, c.split), max_seconds=None, corpus=c.corpus)
+        config = CalibrateConfig(data=data, max_samples=c.max_samples)
+        return self.add(Node(f"calibrate@{chunk_ms}ms", CalibrateStage, config, (("model", traced),)))
 
 
 def variant_name(backend: str, precision: str, chunk_ms: int) -> str:
@@ -97,7 +108,7 @@ def plan(manifest: Manifest) -> Graph:
                                 budgets=manifest.budgets,
                                 data=data,
                             ),
-                            (("model", artifact), ("reference", reference)),
+                            (("model", artifact), ("reference", reference), ("torch", traced)),
                         )
                     )
                 )

@@ -32,7 +32,25 @@ class VerifyConfig(StageConfig):
     budgets: Budgets = Field(description="Size and speed limits.")
     data: StreamData = Field(description="Verification speech (must be what the reference streamed).")
     window_seconds: float = Field(10.0, gt=0, description="Audio per drift window.")
+    teacher_forced_steps: int = Field(
+        1000, ge=0, description="Leading chunks also run with the reference's state fed in: one-step error, no accumulation."
+    )
     threads: int = Field(1, ge=1, description="Runtime threads while timing.")
+
+
+def teacher_forced(session, reference_session, chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Max abs error per output (states included) when every call starts from the reference's state."""
+    stream = session.stream
+    reference_session.reset()
+    worst = {name: 0.0 for name in stream.output_names}
+    for chunk in chunks:
+        feeds = {**chunk, **reference_session.state}
+        expected, got = reference_session.call(feeds), session.call(feeds)
+        for s in stream.states:
+            reference_session.state[s.input] = expected[s.output]
+        for name in worst:
+            worst[name] = max(worst[name], float(np.abs(expected[name] - got[name]).max()))
+    return worst
 
 
 def judge(outputs: dict[str, dict], tolerance: Tolerance, extra: dict[str, float]) -> list[str]:
@@ -86,6 +104,7 @@ class VerifyStage(Stage):
         window = max(1, int(round(config.window_seconds * 1000 / spec.chunk_ms)))
 
         metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
+        one_step = teacher_forced(session, open_session("torch", inputs["torch"].path), stream.chunks[: config.teacher_forced_steps])
         extra: dict[str, float] = {}
         record: dict = {}
         for o in spec.outputs:
@@ -121,7 +140,12 @@ class VerifyStage(Stage):
                 "steps": steps,
                 "audio_seconds": audio_seconds,
                 "passed": not failures,
-                "outputs": {name: {k: m[k] for k in ("max_abs", "rms", "cosine", "drift_ratio")} for name, m in metrics.items()},
+                "outputs": {
+                    name: {**{k: m[k] for k in ("max_abs", "rms", "cosine", "drift_ratio")}, "one_step_max_abs": one_step[name]}
+                    for name, m in metrics.items()
+                },
+                "states_one_step_max_abs": {s.output: one_step[s.output] for s in spec.states},
+                "teacher_forced_steps": min(config.teacher_forced_steps, steps),
                 "drift": {name: m["drift"] for name, m in metrics.items()},
                 "window_seconds": config.window_seconds,
                 "rtf": rtf,

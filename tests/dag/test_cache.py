@@ -132,3 +132,45 @@ def test_graph_rejects_unknown_inputs_and_cycles() -> None:
         dag.Graph([dag.Node("onnx@20ms", OnnxStage, OnnxConfig()), dag.Node("b", OnnxStage, OnnxConfig(), (("model", "onnx@20m"),))])
     with pytest.raises(InternalError, match="cycle"):
         dag.Graph([dag.Node("a", OnnxStage, OnnxConfig(), (("m", "b"),)), dag.Node("b", OnnxStage, OnnxConfig(), (("m", "a"),))])
+
+
+def test_every_stage_misses_on_its_own_version_tool_and_config(
+    tmp_path: Path, tiny_manifest: dict, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For each stage of a plan: bumping its version, one of its tools, or its config misses that node."""
+    path = write_manifest(tmp_path / "m.yaml", **tiny_manifest)
+    build(path, cache_dir)
+    graph = plan(load_manifest(path))
+    cache = Cache(cache_dir)
+    assert all(s.hit for s in dag.explain(graph, cache, "tiny"))
+    real = dag.tool_version
+    for node in graph.nodes.values():
+        stage = node.stage
+        with monkeypatch.context() as patch:
+            patch.setattr(stage, "version", stage.version + "-next")
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny")}[node.id]
+            assert not status.hit and any(r.startswith("stage version") for r in status.reasons), node.id
+        tool = stage.tools[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(dag, "tool_version", lambda name: "0.0-other" if name == tool else real(name))
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny")}[node.id]
+            assert not status.hit and any(r.startswith(f"tool version {tool}") for r in status.reasons), node.id
+        field = next(iter(type(node.config).model_fields))
+        changed = dict(graph.nodes)
+        value = getattr(node.config, field)
+        changed[node.id] = dag.Node(node.id, stage, node.config.model_copy(update={field: _perturb(value)}), node.inputs)
+        status = {s.node_id: s for s in dag.explain(dag.Graph(list(changed.values())), cache, "tiny")}[node.id]
+        assert not status.hit and any(r.startswith(f"config {field}") for r in status.reasons), (node.id, status.reasons)
+
+
+def _perturb(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if hasattr(value, "model_fields"):
+        first = next(iter(type(value).model_fields))
+        return value.model_copy(update={first: _perturb(getattr(value, first))})
+    raise TypeError(type(value))
