@@ -18,15 +18,29 @@ from pipeline.stages.verify import RESULT_FILE, VerifyStage
 from tests.conftest import REPO, write_manifest
 
 
+def test_onnx_export_matches_pytorch_within_1e5_over_3000_steps(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
+    tiny_manifest["verification"]["max_seconds"] = 70
+    tiny_manifest["tolerances"] = {"fp32": {"max_abs": 1e-5}}
+    graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **tiny_manifest)))
+    built = dag.execute(graph, Cache(cache_dir), "tiny")
+    (variant,) = json.loads((built["report"].path / "report.json").read_text())["variants"]
+    assert variant["steps"] >= 3000
+    assert variant["outputs"]["logits"]["max_abs"] < 1e-5, variant["outputs"]
+    assert variant["passed"], variant["failures"]
+
+
 def test_default_onnx_target_matches_pytorch_over_minutes(tmp_path: Path, cache_dir: Path) -> None:
     graph = plan(load_manifest(REPO / "targets" / "onnx.yaml"))
     built = dag.execute(graph, Cache(cache_dir), "onnx")
     report = json.loads((built["report"].path / "report.json").read_text())
     (variant,) = report["variants"]
     assert report["passed"], variant["failures"]
-    assert variant["steps"] >= 3000 and variant["audio_seconds"] >= 300
-    assert variant["outputs"]["logits"]["max_abs"] < 1e-5
+    assert variant["steps"] >= 15000 and variant["audio_seconds"] >= 300
+    logits = variant["outputs"]["logits"]
+    # per-call rounding of onnxruntime's approximate activations, not accumulation through the state
+    assert logits["max_abs"] < 5e-5 and logits["drift_ratio"] < 1.5, logits
     assert variant["cer_vs_reference"] == 0.0
+    assert variant["cer"] == report["reference_cer"] < 0.5
     contract = json.loads((built[dict(graph.nodes["verify:onnxruntime-fp32@20ms"].inputs)["model"]].path / "contract.json").read_text())
     assert [(s["input"], s["output"]) for s in contract["stream"]["states"]] == [("h_in", "h_out"), ("c_in", "c_out")]
 
