@@ -32,7 +32,7 @@ class TraceConfig(StageConfig):
     io: StreamSpec | None = Field(description="Manifest-declared streaming I/O, or None for the model's own spec.")
     chunk_ms: int = Field(description="Chunk length to trace at.")
     consistency_chunks: int = Field(64, description="Chunks streamed when comparing with the batch forward.")
-    consistency_atol: float = Field(1e-5, description="Largest streaming-vs-batch difference accepted.")
+    consistency_atol: float = Field(1e-5, description="Largest streaming-vs-batch difference accepted, per unit of output magnitude above 1.")
     checkpoint: Path = Field(exclude=True, description="Where to read the checkpoint (not part of the key).")
     python_path: tuple[Path, ...] = Field((), exclude=True, description="Extra import paths (not part of the key).")
 
@@ -76,11 +76,14 @@ def check_streaming_matches_batch(model: Any, spec: StreamSpec, count: int, atol
                 where="model.forward_batch",
             )
         error = float((joined - batch[k]).abs().max())
+        # float32 rounding grows with the values: chunked and whole-sequence kernels sum in different orders
+        allowed = atol * max(1.0, float(batch[k].abs().max()))
         worst = max(worst, error)
-        if error > atol:
+        if error > allowed:
             raise UserError(
                 f"output {output.name!r}: streaming chunk by chunk differs from forward_batch by {error:.3g} "
-                f"(allowed {atol:g}) over {count} chunks; the streaming state does not carry what the batch model sees",
+                f"(allowed {allowed:.3g}: {atol:g} x max(1, |output|)) over {count} chunks; "
+                "the streaming state does not carry what the batch model sees",
                 where="model.forward",
             )
     return worst
@@ -88,7 +91,7 @@ def check_streaming_matches_batch(model: Any, spec: StreamSpec, count: int, atol
 
 class TraceStage(Stage):
     name = "trace"
-    version = "1"
+    version = "2"
     tools = ("torch", "numpy")
     Config = TraceConfig
 

@@ -1,0 +1,118 @@
+"""An always-on voice-activity detector on raw PCM: the DSP case, no feature frontend.
+
+Raw 16 kHz PCM -> learned framing (a stride-160 Conv1d with a 400-sample kernel: 25 ms windows
+every 10 ms, started as Hann-windowed cosine/sine pairs on a log frequency scale) -> per pair
+energy, log -> normalisation -> pointwise layer -> a tiny LSTM (explicit gates when streaming)
+-> per-frame speech/silence logits.
+
+Frame i covers samples [(i+1)*160 - 400, (i+1)*160), the same alignment as the log-mel
+frontend, so a 20 ms chunk of 320 samples completes exactly two frames. The 240 samples of left
+context the framing needs are carried as the 1-D state `pcm_tail` [240]; the LSTM's `h`, `c`
+are [1, hidden]. Starting the tail at zero is the zero left padding of the batch path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.common import FeatureNorm
+from pipeline.spec import DecisionDecoder, InputSpec, OutputSpec, PcmFrontend, StateSpec, StreamSpec
+
+CLASSES = ("silence", "speech")
+
+
+def _gabor_init(filters: int, window: int, sample_rate: int = 16_000) -> torch.Tensor:
+    """[2 * filters, 1, window]: Hann-windowed cos (first half) and sin (second half) filters."""
+    freqs = np.geomspace(80.0, 7000.0, filters)
+    n = np.arange(window)
+    hann = np.hanning(window + 1)[:-1]
+    phase = 2 * math.pi * freqs[:, None] * n[None, :] / sample_rate
+    bank = np.concatenate([np.cos(phase), np.sin(phase)]) * hann / np.sqrt((hann**2).sum() / 2)
+    return torch.from_numpy(bank.astype(np.float32))[:, None, :]
+
+
+class StreamingPcmVAD(nn.Module):
+    def __init__(self, filters: int = 32, hidden: int = 32, window: int = 400, hop: int = 160) -> None:
+        super().__init__()
+        self.filters, self.hidden, self.window, self.hop = filters, hidden, window, hop
+        self.framing = nn.Conv1d(1, 2 * filters, window, stride=hop, bias=False)
+        with torch.no_grad():
+            self.framing.weight.copy_(_gabor_init(filters, window))
+        self.norm = FeatureNorm(filters)
+        self.proj = nn.Linear(filters, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=1, batch_first=True)
+        self.head = nn.Linear(hidden, len(CLASSES))
+
+    @property
+    def tail(self) -> int:
+        return self.window - self.hop
+
+    def streaming_spec(self, chunk_ms: int = 20) -> StreamSpec:
+        samples = 16 * chunk_ms
+        frames = samples // self.hop
+        if frames * self.hop != samples:
+            raise ValueError(f"chunk_ms must be a multiple of 10 ms, got {chunk_ms}")
+        state = (1, self.hidden)
+        return StreamSpec(
+            chunk_ms=chunk_ms,
+            frontend=PcmFrontend(),
+            inputs=(InputSpec(name="pcm", shape=(samples,), time_axis=0),),
+            states=(
+                StateSpec(input="pcm_tail_in", output="pcm_tail_out", shape=(self.tail,)),
+                StateSpec(input="h_in", output="h_out", shape=state),
+                StateSpec(input="c_in", output="c_out", shape=state),
+            ),
+            outputs=(OutputSpec(name="vad_logits", shape=(frames, len(CLASSES)), time_axis=0, kind="decision_logits"),),
+            decoder=DecisionDecoder(classes=CLASSES),
+        )
+
+    def _log_energy(self, frames: torch.Tensor) -> torch.Tensor:
+        """Framing conv output [..., T, 2 * filters] -> log energy of each cos/sin pair [..., T, filters]."""
+        re, im = frames[..., : self.filters], frames[..., self.filters :]
+        return torch.log(re * re + im * im + 1e-6)
+
+    def log_energies(self, pcm: torch.Tensor) -> torch.Tensor:
+        """Batch pcm [B, N] -> un-normalised features [B, N // hop, filters] (also for the norm stats)."""
+        return self._log_energy(self.framing(F.pad(pcm[:, None, :], (self.tail, 0))).transpose(1, 2))
+
+    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+        """Training/batch path: pcm [B, N] -> logits [B, N // hop, 2]."""
+        hidden, _ = self.lstm(torch.relu(self.proj(self.norm(self.log_energies(pcm)))))
+        return self.head(hidden)
+
+    def forward_batch(self, pcm: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.encode(pcm[None])[0],)
+
+    def forward(self, pcm: torch.Tensor, pcm_tail_in: torch.Tensor, h_in: torch.Tensor, c_in: torch.Tensor):
+        """One chunk: pcm [samples], pcm_tail [240], h/c [1, hidden] -> vad_logits [frames, 2], states."""
+        samples = pcm.shape[0]
+        window = torch.cat([pcm_tail_in, pcm], dim=0)  # [240 + samples]
+        tail_out = window[samples : samples + self.tail]
+        z = self.framing(window.reshape(1, 1, self.tail + samples)).squeeze(0).t()  # [frames, 2 * filters]
+        x = torch.relu(self.proj(self.norm(self._log_energy(z))))
+        h, c = h_in, c_in
+        steps = []
+        for t in range(x.shape[0]):
+            h, c = self._cell(x[t : t + 1], h, c)
+            steps.append(h)
+        return self.head(torch.cat(steps, dim=0)), tail_out, h, c
+
+    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        # nn.LSTM's gate order is input, forget, cell, output; static slices keep it exportable.
+        gates = x @ self.lstm.weight_ih_l0.t() + h @ self.lstm.weight_hh_l0.t() + (self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0)
+        n = self.hidden
+        i = torch.sigmoid(gates[:, 0:n])
+        f = torch.sigmoid(gates[:, n : 2 * n])
+        g = torch.tanh(gates[:, 2 * n : 3 * n])
+        o = torch.sigmoid(gates[:, 3 * n : 4 * n])
+        c_new = f * c + i * g
+        return o * torch.tanh(c_new), c_new
+
+
+def build(filters: int = 32, hidden: int = 32) -> StreamingPcmVAD:
+    return StreamingPcmVAD(filters=filters, hidden=hidden)
