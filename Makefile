@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechport-installed
 SP := $(VENV)/bin/speechport
 MODEL ?= lstm_ctc
 
-.PHONY: setup onnx test bench nightly corpus train clean
+.PHONY: setup android onnx test bench nightly corpus train clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+android: $(STAMP)
+	$(SP) build targets/android.yaml
 
 onnx: $(STAMP)
 	$(SP) build targets/onnx.yaml
@@ -36,4 +39,4 @@ train: $(STAMP)
 	$(VENV)/bin/python -m models.train $(MODEL)
 
 clean:
-	rm -rf artifacts/cache artifacts/onnx artifacts/nightly
+	rm -rf artifacts/cache artifacts/android artifacts/onnx artifacts/nightly

@@ -1,6 +1,6 @@
 """Cold build vs warm no-op build of the default target, measured in one run.
 
-    make bench            # or: .venv/bin/python -m bench.build_cache [MANIFEST]
+    make bench            # or: .venv/bin/python -m bench.build_cache [MANIFEST ...]
 
 The cold build runs against an empty private cache; the warm build repeats it with nothing
 changed. Each build is a fresh `speechport build` process, as a user would run it.
@@ -30,13 +30,18 @@ def timed_build(manifest: Path, cache: Path, out: Path) -> float:
 
 
 def main() -> None:
-    manifest = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "targets" / "onnx.yaml"
+    manifests = [Path(a) for a in sys.argv[1:]] or [REPO / "targets" / "onnx.yaml", REPO / "targets" / "android.yaml"]
+    for manifest in manifests:
+        bench(manifest)
+
+
+def bench(manifest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="speechport-bench-") as scratch:
         cache, out = Path(scratch) / "cache", Path(scratch) / "out"
         cold = timed_build(manifest, cache, out)
         warm = [timed_build(manifest, cache, out) for _ in range(3)]
     best = min(warm)
-    print(f"{'build':<22}{'seconds':>10}")
+    print(f"\n{manifest.name}\n{'build':<22}{'seconds':>10}")
     print(f"{'cold (empty cache)':<22}{cold:>10.2f}")
     for k, seconds in enumerate(warm, 1):
         print(f"{f'warm no-op #{k}':<22}{seconds:>10.2f}")

@@ -54,6 +54,12 @@ class CalibrationData(Strict):
 
 class Tolerance(Strict):
     max_abs: float | None = Field(None, ge=0, description="Largest absolute error allowed on any output element.")
+    max_rel: float | None = Field(
+        None, ge=0, description="Largest absolute error allowed, as a fraction of the output's largest |reference value|."
+    )
+    one_step_max_abs: float | None = Field(
+        None, ge=0, description="Largest absolute error allowed when every call starts from the reference's state (teacher-forced)."
+    )
     rms: float | None = Field(None, ge=0, description="Largest RMS error allowed per output.")
     min_cosine: float | None = Field(None, ge=-1, le=1, description="Smallest cosine similarity allowed per output.")
     max_cer_vs_reference: float | None = Field(
@@ -66,7 +72,11 @@ class Tolerance(Strict):
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, max_cer_vs_reference=0.0, min_decision_agreement=1.0),
-    "fp16": Tolerance(max_abs=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995),
+    # fp16 weights hold 1e-2 per call, but over minutes they move a recurrent trajectory further (0.09 on the LSTM's
+    # logits of |x| <= 15, measured): closed loop, the bound is relative to the output's range
+    "fp16": Tolerance(
+        one_step_max_abs=1e-2, max_rel=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995
+    ),
     "int16x8": Tolerance(min_cosine=0.99, max_cer_vs_reference=0.05, min_decision_agreement=0.98),
     "int8": Tolerance(min_cosine=0.9, max_cer_vs_reference=0.15, min_decision_agreement=0.95),
 }
@@ -75,6 +85,20 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 class Budgets(Strict):
     max_size_mb: float = Field(50.0, gt=0, description="Largest artifact file allowed, in MB (10^6 bytes).")
     max_rtf: float = Field(0.5, gt=0, description="Largest real-time factor allowed (processing / audio time, 1 thread).")
+
+
+class LiteRtOptions(Strict):
+    allow_flex_ops: bool = Field(
+        False,
+        description="Accept Select-TF (Flex) ops in the .tflite (the app must then link the select-ops library); "
+        "off, any Flex or custom op fails the build naming the op and its ONNX node.",
+    )
+    keep_float: dict[Literal["int8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="int8 only: ONNX node names whose ops stay float (selective quantization), e.g. a recurrent "
+        "cell-state update that 8 bits cannot hold. (TensorFlow's selective quantization silently makes int8 of an "
+        "int16x8 file, so int16x8 takes no list.)",
+    )
 
 
 class Manifest(Strict):
@@ -94,6 +118,7 @@ class Manifest(Strict):
         default_factory=dict, description="Per-precision overrides of the default tolerances."
     )
     budgets: Budgets = Field(default_factory=Budgets, description="Size and speed limits per artifact.")
+    litert: LiteRtOptions = Field(default_factory=LiteRtOptions, description="Options of the LiteRT (Android) backend.")
 
     @field_validator("chunk_ms")
     @classmethod

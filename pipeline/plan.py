@@ -18,10 +18,12 @@ from pipeline.errors import InternalError
 from pipeline.manifest import Manifest
 from pipeline.model import source_digest
 from pipeline.stages.calibrate import CalibrateConfig, CalibrateStage
+from pipeline.stages.legalize import LegalizeConfig, LegalizeStage
 from pipeline.stages.onnx_export import OnnxConfig, OnnxStage
 from pipeline.stages.reference import ReferenceConfig, ReferenceStage, StreamData
 from pipeline.stages.report import ReportConfig, ReportStage
 from pipeline.stages.simplify import SimplifyConfig, SimplifyStage
+from pipeline.stages.tflite import QUANTIZED, TfliteConfig, TfliteStage
 from pipeline.stages.trace import TraceConfig, TraceStage
 from pipeline.stages.verify import VerifyConfig, VerifyStage
 
@@ -54,9 +56,24 @@ def _onnxruntime_artifact(ctx: PlanContext, chunk_ms: int, precision: str, simpl
     return simplified
 
 
+def _litert_artifact(ctx: PlanContext, chunk_ms: int, precision: str, simplified: str, traced: str) -> str:
+    legalized = ctx.add(Node(f"legalize@{chunk_ms}ms", LegalizeStage, LegalizeConfig(), (("model", simplified),)))
+    inputs: tuple[tuple[str, str], ...] = (("model", legalized),)
+    if precision in QUANTIZED:
+        inputs += (("calibration", ctx.calibration(chunk_ms, traced)),)
+    options = ctx.manifest.litert
+    config = TfliteConfig(
+        precision=precision,  # type: ignore[arg-type]
+        allow_flex=options.allow_flex_ops,
+        keep_float=options.keep_float.get(precision, ()),  # type: ignore[call-overload]
+    )
+    return ctx.add(Node(f"tflite-{precision}@{chunk_ms}ms", TfliteStage, config, inputs))
+
+
 # backend -> function adding the nodes that lower the simplified ONNX graph; returns the artifact node id
 LOWERINGS: dict[str, Callable[[PlanContext, int, str, str, str], str]] = {
     "onnxruntime": _onnxruntime_artifact,
+    "litert": _litert_artifact,
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import tiny_checkpoint, write_manifest
+from tests.conftest import write_manifest
 
 
 def _mutate(manifest: dict, tmp_path: Path, case: str) -> dict:

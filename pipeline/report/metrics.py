@@ -19,6 +19,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, steps: int, window_ste
     first, last = float(thirds[0].mean()), float(thirds[-1].mean())
     return {
         "max_abs": float(np.abs(error).max()),
+        "reference_max_abs": float(np.abs(ref).max()),
         "rms": float(np.sqrt((error**2).mean())),
         "cosine": float((ref * got).sum() / norm) if norm > 0 else float(np.array_equal(ref, got)),
         # RMS error over the last third of the stream relative to the first: > 1 means error accumulates

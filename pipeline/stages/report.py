@@ -95,7 +95,7 @@ class ReportStage(Stage):
     @classmethod
     def run(cls, config: ReportConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         variants = []
-        for role in sorted(inputs):
+        for role in inputs:  # plan order: chunk length, then backend, then precision as the manifest lists them
             record = json.loads((inputs[role].path / RESULT_FILE).read_text())
             record["artifact"] = f"{record['name']}/{record.pop('artifact_file')}"
             variants.append(record)

@@ -9,6 +9,7 @@ for decision outputs the per-frame agreement. Then size, real-time factor and la
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,19 @@ class VerifyConfig(StageConfig):
     threads: int = Field(1, ge=1, description="Runtime threads while timing.")
 
 
+def op_histogram(artifact_dir: Path, artifact: str) -> dict[str, int]:
+    """Op type -> count: the lowering stage's ops.json where it wrote one, else the ONNX graph's nodes."""
+    listing = artifact_dir / "ops.json"
+    if listing.is_file():
+        return json.loads(listing.read_text())["histogram"]
+    if artifact.endswith(".onnx"):
+        import onnx
+
+        graph = onnx.load(str(artifact_dir / artifact), load_external_data=False).graph
+        return dict(sorted(Counter(node.op_type for node in graph.node).items()))
+    return {}
+
+
 def teacher_forced(session, reference_session, chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max abs error per output (states included) when every call starts from the reference's state."""
     stream = session.stream
@@ -58,6 +72,15 @@ def judge(outputs: dict[str, dict], tolerance: Tolerance, extra: dict[str, float
     for name, m in outputs.items():
         if tolerance.max_abs is not None and not m["max_abs"] <= tolerance.max_abs:
             failures.append(f"{name}: max abs error {m['max_abs']:.3g} exceeds {tolerance.max_abs:g}")
+        if tolerance.max_rel is not None and not m["max_abs"] <= tolerance.max_rel * m["reference_max_abs"]:
+            failures.append(
+                f"{name}: max abs error {m['max_abs']:.3g} exceeds {tolerance.max_rel:g} of its range "
+                f"({tolerance.max_rel * m['reference_max_abs']:.3g})"
+            )
+        if tolerance.one_step_max_abs is not None and not m["one_step_max_abs"] <= tolerance.one_step_max_abs:
+            failures.append(
+                f"{name}: teacher-forced (one call) max abs error {m['one_step_max_abs']:.3g} exceeds {tolerance.one_step_max_abs:g}"
+            )
         if tolerance.rms is not None and not m["rms"] <= tolerance.rms:
             failures.append(f"{name}: RMS error {m['rms']:.3g} exceeds {tolerance.rms:g}")
         if tolerance.min_cosine is not None and not m["cosine"] >= tolerance.min_cosine:
@@ -78,8 +101,8 @@ def judge(outputs: dict[str, dict], tolerance: Tolerance, extra: dict[str, float
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "1"
-    tools = ("numpy", "torch", "onnxruntime", "ai-edge-litert")
+    version = "2"
+    tools = ("numpy", "torch", "onnxruntime", "ai-edge-litert", "onnx")
     Config = VerifyConfig
 
     @classmethod
@@ -105,6 +128,8 @@ class VerifyStage(Stage):
 
         metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
         one_step = teacher_forced(session, open_session("torch", inputs["torch"].path), stream.chunks[: config.teacher_forced_steps])
+        for name, m in metrics.items():
+            m["one_step_max_abs"] = one_step[name]
         extra: dict[str, float] = {}
         record: dict = {}
         for o in spec.outputs:
@@ -141,9 +166,10 @@ class VerifyStage(Stage):
                 "audio_seconds": audio_seconds,
                 "passed": not failures,
                 "outputs": {
-                    name: {**{k: m[k] for k in ("max_abs", "rms", "cosine", "drift_ratio")}, "one_step_max_abs": one_step[name]}
+                    name: {k: m[k] for k in ("max_abs", "rms", "cosine", "drift_ratio", "one_step_max_abs", "reference_max_abs")}
                     for name, m in metrics.items()
                 },
+                "ops": op_histogram(artifact_dir, contract.artifact),
                 "states_one_step_max_abs": {s.output: one_step[s.output] for s in spec.states},
                 "teacher_forced_steps": min(config.teacher_forced_steps, steps),
                 "drift": {name: m["drift"] for name, m in metrics.items()},

@@ -7,7 +7,6 @@ does, computes the frontend itself and decodes with the pipeline's CTC decoder.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,0 +1,36 @@
+"""Every zoo model's ONNX path verifies over the whole verification split, on its own state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import dag
+from pipeline.cache import Cache
+from pipeline.manifest import load_manifest
+from pipeline.plan import plan
+from tests.conftest import CORPUS, REPO, write_manifest
+
+
+@pytest.mark.parametrize("name", ["dscnn_ctc", "conformer_ctc", "kws"])  # lstm_ctc: tests/stages/test_verify.py
+def test_zoo_model_onnx_path_verifies_over_the_whole_split(name: str, tmp_path: Path, cache_dir: Path) -> None:
+    manifest = {
+        "name": f"zoo-{name}",
+        "model": {"factory": f"models.{name}:build", "checkpoint": str(REPO / "models" / "checkpoints" / f"{name}.safetensors")},
+        "chunk_ms": [20],
+        "backends": {"onnxruntime": ["fp32"]},
+        "verification": {"corpus": str(CORPUS), "split": "verification"},
+    }
+    graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **manifest)))
+    built = dag.execute(graph, Cache(cache_dir), manifest["name"])
+    report = json.loads((built["report"].path / "report.json").read_text())
+    (variant,) = report["variants"]
+    assert report["passed"], variant["failures"]
+    assert variant["audio_seconds"] >= 300
+    assert all(o["max_abs"] <= 1e-4 for o in variant["outputs"].values()), variant["outputs"]
+    if name == "kws":
+        assert variant["decision_agreement"] == 1.0 and variant["decision_accuracy"] > 0.9
+    else:
+        assert variant["cer_vs_reference"] == 0.0 and variant["cer"] < 0.5
