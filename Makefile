@@ -29,8 +29,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.build_cache
 
+# every target is built and reported even when an earlier one fails verification; the exit status says if any did
 nightly: $(STAMP)
-	@set -e; for t in targets/nightly/*.yaml; do echo "== $$t"; $(SP) build $$t --out artifacts/nightly/$$(basename $$t .yaml); done
+	@failed=""; for t in targets/nightly/*.yaml; do echo "== $$t"; \
+	  $(SP) build $$t --out artifacts/nightly/$$(basename $$t .yaml) || failed="$$failed $$t"; done; \
+	  if [ -n "$$failed" ]; then echo "nightly: failed:$$failed"; exit 1; fi
 
 corpus: $(STAMP)
 	$(VENV)/bin/python -m models.corpus.synthesize

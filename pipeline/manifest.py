@@ -72,11 +72,10 @@ class Tolerance(Strict):
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, max_cer_vs_reference=0.0, min_decision_agreement=1.0),
-    # fp16 weights hold 1e-2 per call, but over minutes they move a recurrent trajectory further (0.09 on the LSTM's
-    # logits of |x| <= 15, measured): closed loop, the bound is relative to the output's range
-    "fp16": Tolerance(
-        one_step_max_abs=1e-2, max_rel=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995
-    ),
+    # fp16 weights round every weight to 11 bits, so the error scales with the outputs: 0.002 per call and 0.09 over
+    # minutes on the LSTM's logits (|x| <= 15), 0.03 per call on the CNN's (|x| <= 170), transcripts unchanged
+    # (measured). The default bound is relative to each output's range; a target may add an absolute one.
+    "fp16": Tolerance(max_rel=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995),
     "int16x8": Tolerance(min_cosine=0.99, max_cer_vs_reference=0.05, min_decision_agreement=0.98),
     "int8": Tolerance(min_cosine=0.9, max_cer_vs_reference=0.15, min_decision_agreement=0.95),
 }
@@ -92,6 +91,11 @@ class LiteRtOptions(Strict):
         False,
         description="Accept Select-TF (Flex) ops in the .tflite (the app must then link the select-ops library); "
         "off, any Flex or custom op fails the build naming the op and its ONNX node.",
+    )
+    keep_float_states: dict[Literal["int8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="int8 only: state inputs (e.g. c_in) whose recurrence stays float: every op on a path from the "
+        "state input to its state output, and every op reading such a value. Holds for any chunk length, unlike node names.",
     )
     keep_float: dict[Literal["int8"], tuple[str, ...]] = Field(
         default_factory=dict,

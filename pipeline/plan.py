@@ -66,6 +66,7 @@ def _litert_artifact(ctx: PlanContext, chunk_ms: int, precision: str, simplified
         precision=precision,  # type: ignore[arg-type]
         allow_flex=options.allow_flex_ops,
         keep_float=options.keep_float.get(precision, ()),  # type: ignore[call-overload]
+        keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]
     )
     return ctx.add(Node(f"tflite-{precision}@{chunk_ms}ms", TfliteStage, config, inputs))
 

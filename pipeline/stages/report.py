@@ -88,7 +88,7 @@ def plot_drift(report: dict, path: Path) -> None:
 
 class ReportStage(Stage):
     name = "report"
-    version = "1"
+    version = "2"
     tools = ("matplotlib",)
     Config = ReportConfig
 

@@ -56,6 +56,9 @@ class TfliteConfig(StageConfig):
     calibration_samples: int | None = Field(
         None, gt=0, description="Recorded (chunk, state) pairs used to calibrate int8/int16x8 (evenly spaced); None: all."
     )
+    keep_float_states: tuple[str, ...] = Field(
+        (), description="int8 only: state inputs whose recurrence (paths to the paired output, and their readers) stays float."
+    )
     keep_float: tuple[str, ...] = Field(
         (), description="int8 only: ONNX node names (or TFLite tensor names) whose ops stay float (selective quantization)."
     )
@@ -185,6 +188,48 @@ def check_against_onnx(
     return {"mode": mode, "calls": count, "max_abs": error, "max_abs_reference": magnitude}
 
 
+# ops a state's value passes through without being mixed across channels by a weight matrix
+_CARRY_OPS = {"Mul", "Add", "Sub", "Neg", "Slice", "Concat", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Gather"}
+# element-wise functions whose input range the state sets (tanh(c) in an LSTM)
+_UNARY_OPS = {"Tanh", "Sigmoid", "Relu", "Exp", "Log", "Abs", "Sqrt", "Clip", "Softplus", "Erf"}
+
+
+def recurrence_nodes(onnx_path: Path, spec: StreamSpec, state_inputs: tuple[str, ...], variant: str, where: str) -> tuple[str, ...]:
+    """ONNX nodes carrying a state's recurrence, found by graph structure (so one manifest entry holds
+    at every chunk length): the element-wise/data-movement nodes on a path from the state input to its
+    paired output that no weight matrix interrupts (an LSTM's c -> f*c -> f*c + i*g -> ... -> c_out),
+    plus the element-wise functions reading those values (tanh(c))."""
+    import onnx
+
+    pairs = {s.input: s.output for s in spec.states}
+    unknown = [name for name in state_inputs if name not in pairs]
+    if unknown:
+        raise UserError(f"{variant}: keep_float_states names {unknown}, which are not state inputs {list(pairs)}", where=where)
+    nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
+    carriers = [n for n in nodes if n.op_type in _CARRY_OPS]
+    chosen: dict[str, None] = {}
+    for state_in in state_inputs:
+        reaches_from = {state_in}
+        for node in carriers:  # ONNX nodes are topologically ordered
+            if reaches_from.intersection(node.input):
+                reaches_from.update(node.output)
+        reaches_to = {pairs[state_in]}
+        for node in reversed(carriers):
+            if reaches_to.intersection(node.output):
+                reaches_to.update(i for i in node.input if i)
+        on_path = [n for n in carriers if reaches_from.intersection(n.input) and reaches_to.intersection(n.output)]
+        if not on_path:
+            raise UserError(
+                f"{variant}: keep_float_states: no element-wise path leads from {state_in!r} to {pairs[state_in]!r}",
+                where=where,
+                hint="name the ONNX nodes in litert.keep_float instead",
+            )
+        values = {o for n in on_path for o in n.output} | {state_in}
+        readers = [n for n in nodes if n.op_type in _UNARY_OPS and values.intersection(n.input)]
+        chosen.update(dict.fromkeys(n.name for n in on_path + readers))
+    return tuple(chosen)
+
+
 class TfliteStage(Stage):
     name = "tflite"
     version = "1"
@@ -204,7 +249,7 @@ class TfliteStage(Stage):
         quantized = config.precision in QUANTIZED
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
-        if config.keep_float and config.precision != "int8":
+        if (config.keep_float or config.keep_float_states) and config.precision != "int8":
             # measured: the quantization debugger's selective model has int8 activations whatever the ops set
             raise UserError(f"{variant}: keep_float applies to int8 only (selective quantization cannot make int16x8)", where=where)
 
@@ -220,7 +265,9 @@ class TfliteStage(Stage):
                 float_bindings = _bindings(Interpreter(model_path=str(converted / "model_float32.tflite")), spec, variant)
                 samples = _calibration_samples(inputs["calibration"].path, spec, float_bindings, config.calibration_samples)
                 started = time.perf_counter()
-                flatbuffer = quantize_in_subprocess(workdir, converted, samples, config, layers, variant, where)
+                keep = config.keep_float + recurrence_nodes(source / contract.artifact, spec, config.keep_float_states, variant, where)
+                merged = config.model_copy(update={"keep_float": tuple(dict.fromkeys(keep))})
+                flatbuffer = quantize_in_subprocess(workdir, converted, samples, merged, layers, variant, where)
                 check_activation_type(flatbuffer, config.precision, variant)
                 seconds["quantize"] = time.perf_counter() - started
         finally:
