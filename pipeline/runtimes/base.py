@@ -48,11 +48,17 @@ class StreamingSession:
     def reset(self) -> None:
         self.state = {s.input: np.full(s.shape, s.init, dtype=np.float32) for s in self.stream.states}
 
-    def step(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one chunk from the session's own state; returns the non-state outputs."""
-        results = self.call({**chunk, **self.state})
+    def advance(self, chunk: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One closed-loop call: the feeds it used (chunk and the session's own state) and every output, states included."""
+        feeds = {**chunk, **self.state}
+        results = self.call(feeds)
         for s in self.stream.states:
             self.state[s.input] = results[s.output]
+        return feeds, results
+
+    def step(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one chunk from the session's own state; returns the non-state outputs."""
+        _, results = self.advance(chunk)
         return {o.name: results[o.name] for o in self.stream.outputs}
 
     def call(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -52,10 +52,7 @@ class CalibrateStage(Stage):
         high = {name: -np.inf for name in low}
         session.reset()
         for k, chunk in enumerate(ctx.progress(stream.chunks, f"{ctx.node_id}: torch", steps)):
-            feeds = {**chunk, **session.state}
-            results = session.call(feeds)
-            for s in spec.states:
-                session.state[s.input] = results[s.output]
+            feeds, results = session.advance(chunk)
             for name, value in (*feeds.items(), *results.items()):
                 low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
             if k in keep:

@@ -58,10 +58,8 @@ def teacher_forced(session, reference_session, chunks: list[dict[str, np.ndarray
     reference_session.reset()
     worst = {name: 0.0 for name in stream.output_names}
     for chunk in chunks:
-        feeds = {**chunk, **reference_session.state}
-        expected, got = reference_session.call(feeds), session.call(feeds)
-        for s in stream.states:
-            reference_session.state[s.input] = expected[s.output]
+        feeds, expected = reference_session.advance(chunk)
+        got = session.call(feeds)
         for name in worst:
             worst[name] = max(worst[name], float(np.abs(expected[name] - got[name]).max()))
     return worst

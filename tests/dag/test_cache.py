@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from pipeline import dag
 from pipeline.cache import Cache
@@ -170,7 +171,7 @@ def _perturb(value):
         return value + 1
     if isinstance(value, str):
         return value + "-other"
-    if hasattr(value, "model_fields"):
+    if isinstance(value, BaseModel):
         first = next(iter(type(value).model_fields))
         return value.model_copy(update={first: _perturb(getattr(value, first))})
     raise TypeError(type(value))
