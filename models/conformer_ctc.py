@@ -15,6 +15,13 @@ State, all 2-D:
 - `valid_in` [1, context]: 1.0 where the key/value cache holds a real frame, 0.0 before the
   stream has filled it; it becomes an additive mask, so the zero-initialised cache is never
   attended to, exactly like the frames before t = 0 that the batch path does not have.
+
+The additive mask is MASKED = -50, not -1e4: the scores plus mask feed the softmax, and an int8
+file calibrates one range for that tensor. With -1e4 in it the range is ~10,000 wide, one int8
+step (~40) swallows every real score (visible scores span about -17 .. +20 on real speech), the
+attention turns uniform and the int8 CER rose by 8 points. -50 still underflows exp() to exactly
+0 in float32 next to those scores (logits unchanged), and the streaming mask is built so that
+each entry is 0 or MASKED, never a sum of two masks.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from torch.nn import functional as F
 from models.common import NUM_CLASSES, VOCABULARY, FeatureNorm
 from pipeline.spec import CtcDecoder, InputSpec, LogMelFrontend, OutputSpec, StateSpec, StreamSpec
 
-MASKED = -1e4  # additive score for keys a query may not see (exp underflows to exactly 0)
+MASKED = -50.0  # additive score for keys a query may not see: exp underflows to exactly 0, and int8 keeps a usable step
 MAX_CHUNK_FRAMES = 50  # longest streaming chunk, in output frames (1 s)
 
 
@@ -149,7 +156,7 @@ class StreamingConformerCTC(nn.Module):
         # Streaming constants for chunks of up to MAX_CHUNK_FRAMES output frames; a chunk of T
         # frames uses the static top-left slice [:T, :context + T] (the band does not depend on T).
         band, index = _band(MAX_CHUNK_FRAMES, context + MAX_CHUNK_FRAMES, context, context)
-        self.register_buffer("stream_band", torch.from_numpy(band), persistent=False)
+        self.register_buffer("stream_keep", torch.from_numpy((band == 0).astype(np.float32)), persistent=False)
         self.register_buffer("stream_index", torch.from_numpy(index), persistent=False)
         self.register_buffer("stream_ones", torch.ones(1, MAX_CHUNK_FRAMES), persistent=False)
 
@@ -193,8 +200,8 @@ class StreamingConformerCTC(nn.Module):
         frames = feats.shape[0] // self.subsample
         x = self.input(self.norm(feats).reshape(frames, self.subsample * self.n_mels))
         valid = torch.cat([state_in[-1], self.stream_ones[:, :frames]], dim=1)  # [1, context + T]
-        # 0 where a key may be seen, MASKED outside the causal band or on unfilled cache slots
-        chunk_mask = self.stream_band[:frames, : self.context + frames] + (valid - 1.0) * -MASKED
+        # 0 where a key may be seen, MASKED outside the causal band or on unfilled cache slots (never 2 x MASKED)
+        chunk_mask = (self.stream_keep[:frames, : self.context + frames] * valid - 1.0) * -MASKED
         index = self.stream_index[:frames, : self.context + frames]
         state_out = []
         for i, layer in enumerate(self.layers):

@@ -2,13 +2,21 @@
 
 Raw 16 kHz PCM -> learned framing (a stride-160 Conv1d with a 400-sample kernel: 25 ms windows
 every 10 ms, started as Hann-windowed cosine/sine pairs on a log frequency scale) -> per pair
-energy, log -> normalisation -> pointwise layer -> a tiny LSTM (explicit gates when streaming)
+log magnitude -> normalisation -> pointwise layer -> a tiny GRU (explicit gates when streaming)
 -> per-frame speech/silence logits.
+
+Built to be quantized (int8 / int16x8 with calibrated ranges), so no tensor spans many decades:
+- the per-pair level is the L1 magnitude |re| + |im| (within 3 dB of the L2 magnitude), never
+  the power re² + im²: a power spectrum doubles the decades an integer grid must hold (loud
+  speech overflowed the calibrated range while quiet bins sat below one step); the floor
+  MAG_FLOOR inside the log keeps its input off the deepest decades too;
+- the recurrence is a GRU, whose state is a convex mix of tanh values and so stays in [-1, 1];
+  the LSTM it replaces let its cell state grow to |c| ~ 150, 1.2 per int8 step.
 
 Frame i covers samples [(i+1)*160 - 400, (i+1)*160), the same alignment as the log-mel
 frontend, so a 20 ms chunk of 320 samples completes exactly two frames. The 240 samples of left
-context the framing needs are carried as the 1-D state `pcm_tail` [240]; the LSTM's `h`, `c`
-are [1, hidden]. Starting the tail at zero is the zero left padding of the batch path.
+context the framing needs are carried as the 1-D state `pcm_tail` [240]; the GRU's `h` is
+[1, hidden]. Starting the tail at zero is the zero left padding of the batch path.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from models.common import FeatureNorm
 from pipeline.spec import DecisionDecoder, InputSpec, OutputSpec, PcmFrontend, StateSpec, StreamSpec
 
 CLASSES = ("silence", "speech")
+MAG_FLOOR = 1e-3  # added to the magnitude before the log: about the 10 % quantile of quiet bins
 
 
 def _gabor_init(filters: int, window: int, sample_rate: int = 16_000) -> torch.Tensor:
@@ -45,7 +54,7 @@ class StreamingPcmVAD(nn.Module):
             self.framing.weight.copy_(_gabor_init(filters, window))
         self.norm = FeatureNorm(filters)
         self.proj = nn.Linear(filters, hidden)
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=1, batch_first=True)
+        self.gru = nn.GRU(hidden, hidden, num_layers=1, batch_first=True)
         self.head = nn.Linear(hidden, len(CLASSES))
 
     @property
@@ -65,16 +74,15 @@ class StreamingPcmVAD(nn.Module):
             states=(
                 StateSpec(input="pcm_tail_in", output="pcm_tail_out", shape=(self.tail,)),
                 StateSpec(input="h_in", output="h_out", shape=state),
-                StateSpec(input="c_in", output="c_out", shape=state),
             ),
             outputs=(OutputSpec(name="vad_logits", shape=(frames, len(CLASSES)), time_axis=0, kind="decision_logits"),),
             decoder=DecisionDecoder(classes=CLASSES),
         )
 
     def _log_energy(self, frames: torch.Tensor) -> torch.Tensor:
-        """Framing conv output [..., T, 2 * filters] -> log energy of each cos/sin pair [..., T, filters]."""
+        """Framing conv output [..., T, 2 * filters] -> log magnitude of each cos/sin pair [..., T, filters]."""
         re, im = frames[..., : self.filters], frames[..., self.filters :]
-        return torch.log(re * re + im * im + 1e-6)
+        return torch.log(torch.abs(re) + torch.abs(im) + MAG_FLOOR)
 
     def log_energies(self, pcm: torch.Tensor) -> torch.Tensor:
         """Batch pcm [B, N] -> un-normalised features [B, N // hop, filters] (also for the norm stats)."""
@@ -82,36 +90,35 @@ class StreamingPcmVAD(nn.Module):
 
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
         """Training/batch path: pcm [B, N] -> logits [B, N // hop, 2]."""
-        hidden, _ = self.lstm(torch.relu(self.proj(self.norm(self.log_energies(pcm)))))
+        hidden, _ = self.gru(torch.relu(self.proj(self.norm(self.log_energies(pcm)))))
         return self.head(hidden)
 
     def forward_batch(self, pcm: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.encode(pcm[None])[0],)
 
-    def forward(self, pcm: torch.Tensor, pcm_tail_in: torch.Tensor, h_in: torch.Tensor, c_in: torch.Tensor):
-        """One chunk: pcm [samples], pcm_tail [240], h/c [1, hidden] -> vad_logits [frames, 2], states."""
+    def forward(self, pcm: torch.Tensor, pcm_tail_in: torch.Tensor, h_in: torch.Tensor):
+        """One chunk: pcm [samples], pcm_tail [240], h [1, hidden] -> vad_logits [frames, 2], states."""
         samples = pcm.shape[0]
         window = torch.cat([pcm_tail_in, pcm], dim=0)  # [240 + samples]
         tail_out = window[samples : samples + self.tail]
         z = self.framing(window.reshape(1, 1, self.tail + samples)).squeeze(0).t()  # [frames, 2 * filters]
         x = torch.relu(self.proj(self.norm(self._log_energy(z))))
-        h, c = h_in, c_in
+        h = h_in
         steps = []
         for t in range(x.shape[0]):
-            h, c = self._cell(x[t : t + 1], h, c)
+            h = self._cell(x[t : t + 1], h)
             steps.append(h)
-        return self.head(torch.cat(steps, dim=0)), tail_out, h, c
+        return self.head(torch.cat(steps, dim=0)), tail_out, h
 
-    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        # nn.LSTM's gate order is input, forget, cell, output; static slices keep it exportable.
-        gates = x @ self.lstm.weight_ih_l0.t() + h @ self.lstm.weight_hh_l0.t() + (self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0)
+    def _cell(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        # nn.GRU's gate order is reset, update, new; static slices keep it exportable.
+        gx = x @ self.gru.weight_ih_l0.t() + self.gru.bias_ih_l0
+        gh = h @ self.gru.weight_hh_l0.t() + self.gru.bias_hh_l0
         n = self.hidden
-        i = torch.sigmoid(gates[:, 0:n])
-        f = torch.sigmoid(gates[:, n : 2 * n])
-        g = torch.tanh(gates[:, 2 * n : 3 * n])
-        o = torch.sigmoid(gates[:, 3 * n : 4 * n])
-        c_new = f * c + i * g
-        return o * torch.tanh(c_new), c_new
+        r = torch.sigmoid(gx[:, 0:n] + gh[:, 0:n])
+        z = torch.sigmoid(gx[:, n : 2 * n] + gh[:, n : 2 * n])
+        candidate = torch.tanh(gx[:, 2 * n : 3 * n] + r * gh[:, 2 * n : 3 * n])
+        return candidate + z * (h - candidate)  # (1 - z) * candidate + z * h, one multiply
 
 
 def build(filters: int = 32, hidden: int = 32) -> StreamingPcmVAD:
