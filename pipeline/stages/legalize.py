@@ -34,11 +34,10 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.cache import Artifact
-from pipeline.contract import read_contract, write_contract
+from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError
-from pipeline.stages.onnx_export import ARTIFACT, check_onnx_io
-from pipeline.stages.simplify import stream_pair
+from pipeline.stages.simplify import publish_rewrite
 
 if TYPE_CHECKING:
     import onnx
@@ -338,11 +337,7 @@ class LegalizeStage(Stage):
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as exc:
             raise InternalError(f"legalize produced an invalid graph ({ctx.node_id}): {exc}") from None
-        onnx.save(model, str(out / ARTIFACT))
-        check_onnx_io(out / ARTIFACT, contract.stream.input_names, contract.stream.output_names, f"stage legalize ({ctx.node_id})")
-        write_contract(out, contract.model_copy(update={"artifact": ARTIFACT}))
-        worst = stream_pair(source, out, config.check_chunks)
-        bad = {name: err for name, err in worst.items() if err > config.check_atol}
+        worst, bad = publish_rewrite(model, source, out, config.check_chunks, config.check_atol, "legalize", ctx.node_id)
         if bad:
             changed = {k: v for k, v in fired.items() if v}
             raise InternalError(

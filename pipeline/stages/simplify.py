@@ -41,6 +41,18 @@ def stream_pair(before: Path, after: Path, chunks: int, seed: int = 0) -> dict[s
     return worst
 
 
+def publish_rewrite(model, source: Path, out: Path, chunks: int, atol: float, stage: str, node_id: str) -> tuple[dict, dict]:
+    """Save a rewritten graph next to its input's contract, then stream both: (worst error, those above atol) per output."""
+    import onnx
+
+    contract = read_contract(source)
+    onnx.save(model, str(out / ARTIFACT))
+    check_onnx_io(out / ARTIFACT, contract.stream.input_names, contract.stream.output_names, f"stage {stage} ({node_id})")
+    write_contract(out, contract.model_copy(update={"artifact": ARTIFACT}))
+    worst = stream_pair(source, out, chunks)
+    return worst, {name: err for name, err in worst.items() if err > atol}
+
+
 class SimplifyStage(Stage):
     name = "simplify"
     version = "1"
@@ -53,13 +65,8 @@ class SimplifyStage(Stage):
         import onnxslim
 
         source = inputs["model"].path
-        contract = read_contract(source)
-        slim = onnxslim.slim(onnx.load(str(source / contract.artifact)))
-        onnx.save(slim, str(out / ARTIFACT))
-        check_onnx_io(out / ARTIFACT, contract.stream.input_names, contract.stream.output_names, f"stage simplify ({ctx.node_id})")
-        write_contract(out, contract.model_copy(update={"artifact": ARTIFACT}))
-        worst = stream_pair(source, out, config.check_chunks)
-        bad = {name: err for name, err in worst.items() if err > config.check_atol}
+        slim = onnxslim.slim(onnx.load(str(source / read_contract(source).artifact)))
+        worst, bad = publish_rewrite(slim, source, out, config.check_chunks, config.check_atol, "simplify", ctx.node_id)
         if bad:
             raise InternalError(f"onnxslim changed outputs beyond {config.check_atol:g}: {bad} ({ctx.node_id})")
         ctx.log(f"simplified graph matches its input: worst {max(worst.values()):.2g}")
