@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.cache import digest_files
 from pipeline.errors import UserError
-from pipeline.manifest import Manifest, ModelRef
+from pipeline.manifest import ModelRef
 from pipeline.spec import StreamSpec
 
 if TYPE_CHECKING:
@@ -104,20 +104,21 @@ def build_model(ref: ModelRef) -> "torch.nn.Module":
     return model.eval()
 
 
-def resolve_spec(model: "torch.nn.Module", manifest: Manifest, chunk_ms: int) -> StreamSpec:
-    if manifest.io is not None:
-        return manifest.io
+def resolve_spec(model: "torch.nn.Module", io: StreamSpec | None, factory: str, chunk_ms: int) -> tuple[StreamSpec, str]:
+    """The manifest's explicit io, else the model's own streaming_spec(chunk_ms); and the field to blame if it is wrong."""
+    if io is not None:
+        return io, "io"
     declare = getattr(model, "streaming_spec", None)
     if declare is None:
         raise UserError(
-            f"{manifest.model.factory} has no streaming_spec(chunk_ms) method and the manifest declares no io",
+            f"{factory} has no streaming_spec(chunk_ms) method and the manifest declares no io",
             where="io",
             hint="declare io: {frontend, inputs, states, outputs} in the manifest",
         )
     spec = declare(chunk_ms)
     if not isinstance(spec, StreamSpec):
         raise UserError(f"streaming_spec returned {type(spec).__name__}, expected pipeline.spec.StreamSpec", where="model.factory")
-    return spec
+    return spec, "model.streaming_spec"
 
 
 def initial_state(spec: StreamSpec) -> dict[str, Any]:

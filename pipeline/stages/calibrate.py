@@ -16,7 +16,7 @@ from pydantic import Field
 
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.stages.reference import StreamData
+from pipeline.stages.reference import StreamData, stream_outputs
 
 SAMPLES_FILE = "calibration.npz"
 RANGES_FILE = "ranges.json"
@@ -50,14 +50,15 @@ class CalibrateStage(Stage):
         recorded: dict[str, list[np.ndarray]] = {name: [] for name in spec.input_names}
         low = {name: np.inf for name in spec.input_names + spec.output_names}
         high = {name: -np.inf for name in low}
-        session.reset()
-        for k, chunk in enumerate(ctx.progress(stream.chunks, f"{ctx.node_id}: torch", steps)):
-            feeds, results = session.advance(chunk)
+
+        def record(k: int, feeds: dict[str, np.ndarray], results: dict[str, np.ndarray]) -> None:
             for name, value in (*feeds.items(), *results.items()):
                 low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
             if k in keep:
                 for name in spec.input_names:
                     recorded[name].append(feeds[name])
+
+        stream_outputs(session, stream.chunks, ctx.progress, f"{ctx.node_id}: torch", observe=record)
         np.savez(out / SAMPLES_FILE, **{name: np.stack(values).astype(np.float32) for name, values in recorded.items()})
         ranges = {name: {"min": low[name], "max": high[name]} for name in low}
         (out / RANGES_FILE).write_text(json.dumps({"steps": steps, "samples": len(keep), "ranges": ranges}, indent=1) + "\n")

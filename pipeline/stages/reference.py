@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,25 @@ class ReferenceConfig(StageConfig):
     data: StreamData = Field(description="Verification speech.")
 
 
-def stream_outputs(session, chunks: list[dict[str, np.ndarray]], progress, label: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Closed-loop streaming: returns outputs stacked per chunk ([steps, ...]) and per-chunk seconds."""
+def stream_outputs(
+    session, chunks: list[dict[str, np.ndarray]], progress, label: str, observe: Callable[[int, dict, dict], None] | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Closed-loop streaming: returns outputs stacked per chunk ([steps, ...]) and per-chunk seconds.
+
+    `observe(step, feeds, results)` sees every call's inputs (chunk and state) and all its outputs, states included.
+    """
     session.reset()
     collected: dict[str, list[np.ndarray]] = {o.name: [] for o in session.stream.outputs}
     seconds = np.zeros(len(chunks))
     clock = time.perf_counter
     for k, chunk in enumerate(progress(chunks, label, len(chunks))):
         started = clock()
-        results = session.step(chunk)
+        feeds, results = session.advance(chunk)
         seconds[k] = clock() - started
-        for name, value in results.items():
-            collected[name].append(value)
+        for name in collected:
+            collected[name].append(results[name])
+        if observe is not None:
+            observe(k, feeds, results)
     return {name: np.stack(values) for name, values in collected.items()}, seconds
 
 

@@ -99,18 +99,12 @@ class TraceStage(Stage):
     def run(cls, config: TraceConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         import torch
 
-        from pipeline.model import build_model, check_io, initial_state
+        from pipeline.model import build_model, check_io, initial_state, resolve_spec
 
         torch.manual_seed(0)
         ref = ModelRef(factory=config.factory, kwargs=config.kwargs, checkpoint=config.checkpoint, python_path=config.python_path)
         model = build_model(ref)
-        if config.io is not None:
-            spec, where = config.io, "io"
-        else:
-            declare = getattr(model, "streaming_spec", None)
-            if declare is None:
-                raise UserError(f"{config.factory} has no streaming_spec(chunk_ms) and the manifest declares no io", where="io")
-            spec, where = declare(config.chunk_ms), "model.streaming_spec"
+        spec, where = resolve_spec(model, config.io, config.factory, config.chunk_ms)
         check_io(model, spec, where)
         worst = check_streaming_matches_batch(model, spec, config.consistency_chunks, config.consistency_atol)
         ctx.log(f"streaming vs batch max abs difference: {worst if worst is not None else 'no forward_batch'}")
