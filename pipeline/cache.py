@@ -7,6 +7,9 @@ longer match that list is corrupt and gets rebuilt, never trusted. A stage write
 temporary directory and publishes it with one `rename`, under a per-key `flock`, so a killed
 build leaves only a temporary directory that nothing reads, and two builds sharing the cache
 build each key once.
+
+Wall-clock figures (`timings.json`) are volatile: recorded and checked, but left out of the digest
+that downstream keys are made of, so a slower machine does not rebuild everything after it.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 KEY_FILE = "key.json"
 LISTING_FILE = "artifact.json"
 RUN_FILE = "run.json"
 _BOOKKEEPING = {KEY_FILE, LISTING_FILE, RUN_FILE}
+VOLATILE_FILES = frozenset({"timings.json"})  # relative paths a stage may write that differ run to run
+CACHE_MARKER = ".speechport-cache"  # `clean` deletes only a directory holding this
 
 
 def canonical_json(document: Any) -> str:
@@ -59,6 +66,41 @@ def _listing(directory: Path) -> dict[str, str]:
     }
 
 
+def _string_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """The parsed document, or None and what is wrong with it (for a 'corrupt: ...' reason)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8")), None
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except OSError as exc:
+        return None, f"{path.name} is unreadable ({exc.strerror or exc})"
+    except UnicodeDecodeError as exc:
+        return None, f"{path.name} is not UTF-8 ({exc.reason} at byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        return None, f"{path.name} is not JSON ({exc.msg} at line {exc.lineno})"
+
+
+def _check_listing(recorded: Any) -> str | None:
+    """What is malformed in an artifact.json document, or None if its shape is right."""
+    if not isinstance(recorded, dict):
+        return f"{LISTING_FILE} holds a {type(recorded).__name__}, expected an object"
+    missing = [name for name in ("digest", "files") if name not in recorded]
+    if missing:
+        return f"{LISTING_FILE} lacks {', '.join(repr(m) for m in missing)}"
+    if not isinstance(recorded["digest"], str):
+        return f"{LISTING_FILE} digest is a {type(recorded['digest']).__name__}, expected a string"
+    for field in ("files", "volatile"):
+        if field in recorded and not _string_map(recorded[field]):
+            return f"{LISTING_FILE} {field} is not an object of file name -> sha256"
+    if recorded["digest"] != sha256_text(canonical_json(recorded["files"])):
+        return f"{LISTING_FILE} digest does not match its own file list"
+    return None
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A published, verified artifact directory."""
@@ -73,6 +115,13 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def _ensure_root(self) -> None:
+        """Create the root with its marker, so `clean` can tell this store from any other directory."""
+        marker = self.root / CACHE_MARKER
+        if not marker.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker.write_text("speechport artifact cache: `speechport clean` may delete this directory\n")
+
     def _final(self, stage: str, key: str) -> Path:
         return self.root / "objects" / stage / key
 
@@ -82,19 +131,28 @@ class Cache:
         listing_path = final / LISTING_FILE
         if not listing_path.is_file():
             return None, "absent"
+        recorded, problem = _read_json(listing_path)
+        problem = problem or _check_listing(recorded)
+        if problem is None:
+            key_document, problem = _read_json(final / KEY_FILE)
+            if problem is None and not isinstance(key_document, dict):
+                problem = f"{KEY_FILE} holds a {type(key_document).__name__}, expected an object"
+        if problem is not None:
+            return None, f"corrupt: {problem}"
         try:
-            recorded = json.loads(listing_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            return None, f"corrupt: unreadable {LISTING_FILE} ({exc})"
-        actual = _listing(final)
-        if actual != recorded["files"]:
-            changed = sorted(set(actual.items()) ^ set(recorded["files"].items()))
+            actual = _listing(final)
+        except OSError as exc:
+            return None, f"corrupt: cannot read {exc.filename} ({exc.strerror or exc})"
+        expected = {**recorded["files"], **recorded.get("volatile", {})}
+        if actual != expected:
+            changed = sorted(set(actual.items()) ^ set(expected.items()))
             names = sorted({name for name, _ in changed})
             return None, f"corrupt: {', '.join(names[:5])} no longer match the recorded digest"
         return Artifact(stage, key, final, recorded["digest"]), "hit"
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
+        self._ensure_root()
         lock_path = self.root / "locks" / stage / f"{key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a") as handle:
@@ -107,6 +165,7 @@ class Cache:
     @contextmanager
     def staging(self, stage: str, key: str) -> Iterator[Path]:
         """A fresh private directory to build `key` in; removed unless published. Caller holds the lock."""
+        self._ensure_root()
         parent = self.root / "objects" / stage
         parent.mkdir(parents=True, exist_ok=True)
         for stale in parent.glob(f".tmp-{key}-*"):
@@ -122,11 +181,17 @@ class Cache:
 
     def publish(self, tmp: Path, stage: str, key: str, key_document: dict, run_record: dict) -> Artifact:
         """Seal `tmp` (listing written last) and move it into place atomically. Caller holds the lock."""
-        files = _listing(tmp)
+        self._ensure_root()
+        everything = _listing(tmp)
+        files = {name: sha for name, sha in everything.items() if name not in VOLATILE_FILES}
+        volatile = {name: sha for name, sha in everything.items() if name in VOLATILE_FILES}
         digest = sha256_text(canonical_json(files))
+        listing: dict[str, Any] = {"digest": digest, "files": files}
+        if volatile:
+            listing["volatile"] = volatile
         (tmp / KEY_FILE).write_text(json.dumps(key_document, indent=2, sort_keys=True) + "\n")
         (tmp / RUN_FILE).write_text(json.dumps(run_record, indent=2, sort_keys=True) + "\n")
-        (tmp / LISTING_FILE).write_text(json.dumps({"digest": digest, "files": files}, indent=2) + "\n")
+        (tmp / LISTING_FILE).write_text(json.dumps(listing, indent=2) + "\n")
         final = self._final(stage, key)
         if final.exists():
             # a corrupt predecessor: move it aside first so the rename below is still atomic
@@ -141,6 +206,7 @@ class Cache:
         return self.root / "index" / target / f"{node_id.replace('/', '_')}.json"
 
     def remember(self, target: str, node_id: str, key_document: dict) -> None:
+        self._ensure_root()
         path = self._index_path(target, node_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -148,16 +214,21 @@ class Cache:
         tmp.replace(path)
 
     def previous(self, target: str, node_id: str) -> dict | None:
-        path = self._index_path(target, node_id)
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        """The last key document built for the node, or None if never built or the index is damaged."""
+        document, problem = _read_json(self._index_path(target, node_id))
+        # a damaged index only costs `explain` its history; the build itself never reads it
+        return document if problem is None and isinstance(document, dict) else None
 
     def clean(self) -> int:
-        """Remove the whole store; returns bytes freed."""
+        """Remove the whole store; returns bytes freed. Refuses a directory that is not a speechport cache."""
         if not self.root.exists():
             return 0
+        if not (self.root / CACHE_MARKER).is_file():
+            raise UserError(
+                f"not a speechport cache (no {CACHE_MARKER} marker file in it); refusing to delete it",
+                where=str(self.root),
+                hint="point $SPEECHPORT_CACHE at the cache directory, or delete this directory yourself if you are sure",
+            )
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         shutil.rmtree(self.root)
         return size

@@ -9,14 +9,18 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InternalError, UserError, VerificationFailed
+from pipeline.errors import InternalError, ToolchainError, UserError, VerificationFailed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ENV = "SPEECHPORT_CACHE"
+OUTPUT_MARKER = ".speechport-output"  # `build --out` replaces only a directory holding this
+BUG_LINE = "speechport: internal error (a bug in speechport, not in your input); please report it with the traceback above"
+INTERRUPTED_EXIT = 130  # what a shell reports for SIGINT
+_BOOKKEEPING = ("key.json", "artifact.json", "run.json")
 
 
 def cache_root() -> Path:
@@ -51,33 +55,77 @@ def _events(console):
                 yield item
                 bar.advance(task)
 
-    return BuildEvents(
-        started=lambda node_id: console.print(f"[bold]run [/] {node_id} ..."),
+    from rich.markup import escape
+
+    def failed(node_id: str, failure: Any) -> None:
+        # one word as it happens; the messages follow once, after the summary
+        if failure.kind == "skipped":
+            console.print(f"[yellow]skip[/] {escape(node_id)} (needs {escape(str(failure.cause))})")
+        else:
+            console.print(f"[red]FAIL[/] {escape(node_id)} ({escape(failure.kind)} error)")
+
+    # notes and log lines quote files and tools ("[op SQRT]"); escaped, rich would not eat them as markup
+    hooks: dict[str, Any] = dict(
+        started=lambda node_id: console.print(f"[bold]run [/] {escape(node_id)} ..."),
         finished=lambda node_id, hit, seconds, note: console.print(
-            f"[green]hit [/] {node_id}" if hit else f"[cyan]done[/] {node_id} ({seconds:.1f} s){' - ' + note if note else ''}"
+            f"[green]hit [/] {escape(node_id)}"
+            if hit
+            else f"[cyan]done[/] {escape(node_id)} ({seconds:.1f} s){' - ' + escape(note) if note else ''}"
         ),
         progress=progress,
-        log=lambda message: console.print(f"      {message}", style="dim"),
+        log=lambda message: console.print(f"      {message}", style="dim", markup=False),
+    )
+    if "failed" in getattr(BuildEvents, "__dataclass_fields__", {}):  # executors that keep going past failures
+        hooks["failed"] = failed
+    return BuildEvents(**hooks)
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory speechport did not create: `--out ~/work` must not delete work."""
+    if not out.exists():
+        return
+    hint = "pass --out a new or empty directory, or one an earlier `speechport build` wrote; or move this one away"
+    if not out.is_dir():
+        raise UserError("exists and is not a directory; refusing to replace it with the build output", where=str(out), hint=hint)
+    if (out / OUTPUT_MARKER).is_file() or not any(out.iterdir()):
+        return
+    raise UserError(
+        f"is not empty and was not written by speechport (no {OUTPUT_MARKER} in it); refusing to replace it",
+        where=str(out),
+        hint=hint,
     )
 
 
-def export(graph, built: dict, report_node: str, out: Path) -> None:
-    """Copy the report and every variant's artifact directory into `out`, replacing it atomically."""
+def _copy_artifact(source: Path, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name in _BOOKKEEPING:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, destination / item.name)
+        else:
+            shutil.copy2(item, destination / item.name)
+
+
+def export(graph, built: Mapping[str, Any], report_node: str, out: Path) -> None:
+    """Copy the report and every built variant's artifact directory into `out`, replacing it atomically.
+
+    A variant that failed to build has no artifact to copy; the report says why it is missing.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        check_replaceable(out)  # again under the lock: the directory may have appeared during the build
         staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for name in ("report.json", "report.md", "drift.png"):
-            shutil.copy2(built[report_node].path / name, staging / name)
+        (staging / OUTPUT_MARKER).write_text("written by `speechport build`; the next build into this directory replaces it\n")
+        _copy_artifact(built[report_node].path, staging)
         for role, verify_id in graph.nodes[report_node].inputs:
+            if verify_id not in built:
+                continue
             artifact_id = dict(graph.nodes[verify_id].inputs)["model"]
-            destination = staging / role
-            destination.mkdir()
-            for item in built[artifact_id].path.iterdir():
-                if item.name not in ("key.json", "artifact.json", "run.json"):
-                    shutil.copy2(item, destination / item.name)
+            _copy_artifact(built[artifact_id].path, staging / role)
         if out.exists():
             previous = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(previous)
@@ -88,45 +136,155 @@ def export(graph, built: dict, report_node: str, out: Path) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import inspect
+
+    from rich.text import Text
+
     from pipeline.dag import execute
 
     console = _console()
     started = time.perf_counter()
     manifest, graph, cache = _load(args.manifest)
-    built = execute(graph, cache, manifest.name, _events(console))
     out = Path(args.out) if args.out else REPO_ROOT / "artifacts" / manifest.name
-    export(graph, built, "report", out)
-    report = json.loads((out / "report.json").read_text())
-    print_summary(console, report)
-    console.print(f"{out}/ ({time.perf_counter() - started:.1f} s)")
+    check_replaceable(out)  # now, not after an hour of building
+    # executors before parallel builds take no `jobs`
+    options = {"jobs": args.jobs} if "jobs" in inspect.signature(execute).parameters else {}
+    built = execute(graph, cache, manifest.name, _events(console), **options)
+    failures = list((getattr(built, "failures", None) or {}).values())
+    report = None
+    # wrong input makes every output meaningless: ship nothing, as when the manifest itself is wrong
+    if "report" in built and not any(f.kind == "user" for f in failures):
+        export(graph, built, "report", out)
+        report = json.loads((out / "report.json").read_text())
+        print_summary(console, report)
+        console.print(Text(f"{out}/ ({time.perf_counter() - started:.1f} s)"))
+    if failures:
+        code = report_failures(failures, args.manifest)
+        if code is not None:
+            return code
+    if report is None:
+        raise InternalError(f"the build of {manifest.name} has no report node and no failure that explains why")
     if not report["passed"]:
         raise VerificationFailed(f"{manifest.name}: verification failed; see {out / 'report.md'}")
     return 0
 
 
-def print_summary(console, report: dict) -> None:
-    from rich.table import Table
+def report_failures(failures: Iterable[Any], manifest_path: str) -> int | None:
+    """Print every stage failure (build order) and return the exit code they call for, if any.
 
-    table = Table(title=f"{report['target']}: {'passed' if report['passed'] else 'FAILED'}")
-    for column in ("variant", "ok", "MB", "max abs", "cosine", "CER", "CER vs ref", "decisions", "RTF"):
-        table.add_column(column)
-    for v in report["variants"]:
-        outputs = v["outputs"].values()
-        table.add_row(
-            v["name"],
-            "yes" if v["passed"] else "[red]NO[/]",
-            f"{v['size_bytes'] / 1e6:.2f}",
-            f"{max(o['max_abs'] for o in outputs):.3g}",
-            f"{min(o['cosine'] for o in outputs):.6f}",
-            f"{v['cer']:.4f}" if "cer" in v else "-",
-            f"{v['cer_vs_reference']:.4f}" if "cer_vs_reference" in v else "-",
-            f"{v['decision_agreement']:.4f}" if "decision_agreement" in v else "-",
-            f"{v['rtf']:.4f}",
-        )
+    Precedence: a bug (3) over bad input (2) over a broken toolchain (4); nodes skipped because an
+    upstream failed are summed up in one line per cause.
+    """
+    failures = list(failures)
+    skipped: dict[str, list[str]] = {}
+    for failure in failures:
+        if failure.kind == "skipped":
+            skipped.setdefault(failure.cause or "an upstream stage", []).append(failure.node_id)
+        elif failure.kind == "user":
+            message = failure.message
+            if not message.startswith(manifest_path):
+                message = f"{manifest_path}: {message}"
+            print(f"speechport: error: {message}", file=sys.stderr)
+        elif failure.kind == "toolchain":
+            message = failure.message if failure.node_id in failure.message else f"{failure.node_id}: {failure.message}"
+            print(f"speechport: toolchain failure: {message}", file=sys.stderr)
+        else:
+            if failure.traceback:
+                print(failure.traceback.rstrip(), file=sys.stderr)
+            print(f"speechport: internal error in {failure.node_id} (stage {failure.stage}): {failure.message}", file=sys.stderr)
+    for cause, nodes in skipped.items():
+        print(f"speechport: skipped {len(nodes)} stage(s) that need {cause}: {', '.join(nodes)}", file=sys.stderr)
+    kinds = {failure.kind for failure in failures}
+    if kinds - {"user", "toolchain", "skipped"}:  # "internal", or a kind this CLI does not know: both bugs
+        print(BUG_LINE, file=sys.stderr)
+        return InternalError.exit_code
+    if "user" in kinds:
+        return UserError.exit_code
+    if "toolchain" in kinds:
+        return ToolchainError.exit_code
+    if kinds:
+        raise InternalError(f"stages were skipped but no failure caused it: {sorted(skipped)}")
+    return None
+
+
+SUMMARY_COLUMNS = ("variant", "status", "MB", "max abs", "cosine", "CER", "CER vs ref", "decisions", "RTF")
+
+
+def _number(value: Any, spec: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return format(value, spec)
+
+
+def variant_status(variant: dict) -> str:
+    """'passed', 'FAILED verification', or 'FAILED at <stage>' for a variant that never got verified."""
+    error = variant.get("error")
+    if variant.get("status") == "error" or isinstance(error, dict):
+        stage = (error.get("stage") or error.get("node")) if isinstance(error, dict) else None
+        return f"FAILED at {stage or 'an unknown stage'}"
+    status = variant.get("status") or ("passed" if variant.get("passed") else "failed")
+    return "passed" if status == "passed" and variant.get("passed", True) else "FAILED verification"
+
+
+def summary_row(variant: dict) -> list[str]:
+    """One variant's cells in SUMMARY_COLUMNS order; '-' for every metric it does not have."""
+    outputs = [o for o in (variant.get("outputs") or {}).values() if isinstance(o, dict)]
+    max_abs = [o["max_abs"] for o in outputs if _number(o.get("max_abs"), "g") != "-"]
+    cosine = [o["cosine"] for o in outputs if _number(o.get("cosine"), "g") != "-"]
+    size = variant.get("size_bytes")
+    return [
+        str(variant.get("name", "?")),
+        variant_status(variant),
+        _number(size / 1e6 if _number(size, "g") != "-" else None, ".2f"),
+        _number(max(max_abs) if max_abs else None, ".3g"),
+        _number(min(cosine) if cosine else None, ".6f"),
+        _number(variant.get("cer"), ".4f"),
+        _number(variant.get("cer_vs_reference"), ".4f"),
+        _number(variant.get("decision_agreement"), ".4f"),
+        _number(variant.get("rtf"), ".4f"),
+    ]
+
+
+def _failure_lines(variant: dict) -> list[str]:
+    lines = [str(f) for f in variant.get("failures") or []]
+    error = variant.get("error")
+    # the report usually words the error as a failure already; say it once
+    if isinstance(error, dict) and error.get("message") and not any(str(error["message"]) in line for line in lines):
+        kind = error.get("cause_kind") if error.get("kind") == "skipped" else error.get("kind")
+        lines.append(f"{kind + ' ' if kind else ''}error in {error.get('node') or error.get('stage') or '?'}: {error['message']}")
+    return lines
+
+
+def print_summary(console, report: dict) -> None:
+    """The report as a table: rich on a terminal, plain markdown (whole names, no markup) in a log."""
+    variants = report.get("variants") or []
+    title = f"{report.get('target', '?')}: {'passed' if report.get('passed') else 'FAILED'}"
+    rows = [summary_row(v) for v in variants]
+    if not console.is_terminal:
+        # CI logs: `out` neither wraps, crops nor interprets markup, so every name arrives whole
+        console.out(title, highlight=False)
+        console.out("", highlight=False)
+        for cells in (list(SUMMARY_COLUMNS), ["---"] * len(SUMMARY_COLUMNS), *rows):
+            console.out("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |", highlight=False)
+        for v in variants:
+            for line in _failure_lines(v):
+                console.out(f"FAIL {v.get('name', '?')}: {line}", highlight=False)
+        return
+
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title))
+    table.add_column("variant", no_wrap=True, overflow="fold")
+    for column in SUMMARY_COLUMNS[1:]:
+        table.add_column(column, overflow="fold")
+    for cells in rows:
+        status = Text(cells[1], style="" if cells[1] == "passed" else "red")
+        table.add_row(Text(cells[0]), status, *(Text(c) for c in cells[2:]))
     console.print(table)
-    for v in report["variants"]:
-        for failure in v["failures"]:
-            console.print(f"[red]FAIL[/] {v['name']}: {failure}")
+    for v in variants:
+        for line in _failure_lines(v):
+            console.print(Text.assemble(("FAIL", "red"), f" {v.get('name', '?')}: {line}"))
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -160,9 +318,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from pipeline.cache import Cache
 
-    freed = Cache(cache_root()).clean()
-    print(f"removed {cache_root()} ({freed / 1e6:.1f} MB)")
+    root = cache_root()
+    if not root.exists():
+        print(f"nothing to remove: {root} does not exist")
+        return 0
+    freed = Cache(root).clean()
+    print(f"removed {root} ({freed / 1e6:.1f} MB)")
     return 0
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of stages to run at once, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,7 +342,10 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build and verify a target manifest")
     build.add_argument("manifest", help="target manifest, e.g. targets/onnx.yaml")
-    build.add_argument("--out", help="output directory (default artifacts/<target name>)")
+    build.add_argument("--out", help="output directory (default artifacts/<target name>); replaced only if speechport wrote it")
+    build.add_argument(
+        "--jobs", type=_jobs, default=os.cpu_count() or 1, metavar="N", help="stages to run at once (default: the CPU count)"
+    )
     build.set_defaults(func=cmd_build)
     for name, func, text in (
         ("graph", cmd_graph, "list the stages of a target, each marked hit or miss"),
@@ -179,12 +354,13 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("manifest")
         sub.set_defaults(func=func)
-    clean = commands.add_parser("clean", help=f"delete the artifact cache (${CACHE_ENV} or artifacts/cache)")
+    clean = commands.add_parser("clean", help=f"delete the artifact cache (${CACHE_ENV} or artifacts/cache), if it is one")
     clean.set_defaults(func=cmd_clean)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit 0 passed, 1 verification failed, 2 bad input, 3 a bug, 4 a toolchain broke, 130 ^C."""
     args = parser().parse_args(argv)
     try:
         return args.func(args)
@@ -198,11 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     except VerificationFailed as exc:
         print(f"speechport: {exc}", file=sys.stderr)
         return VerificationFailed.exit_code
-    except InternalError:
+    except ToolchainError as exc:
+        print(f"speechport: toolchain failure: {exc}", file=sys.stderr)
+        return ToolchainError.exit_code
+    except KeyboardInterrupt:
+        print("speechport: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Exception:  # not swallowed: whatever escaped is a bug, so show where and say so
         import traceback
 
         traceback.print_exc()
-        print("speechport: internal error (a bug in speechport, not in your input)", file=sys.stderr)
+        print(BUG_LINE, file=sys.stderr)
         return InternalError.exit_code
 
 
