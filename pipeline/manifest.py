@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from pipeline.errors import UserError
 from pipeline.spec import StreamSpec
-
-Backend = Literal["onnxruntime", "litert"]
-Precision = Literal["fp32", "fp16", "int8", "int16x8"]
-
-# which precisions each backend can build; checked before anything runs
-BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("fp32",),
-    "litert": ("fp32", "fp16", "int8", "int16x8"),
-}
-
+from pipeline.verify.gates import Tolerance
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,57 +44,9 @@ class CalibrationData(Strict):
     max_samples: int = Field(2000, gt=0, description="Calibration samples kept, evenly spaced over the stream.")
 
 
-class Tolerance(Strict):
-    max_abs: float | None = Field(None, ge=0, description="Largest absolute error allowed on any output element.")
-    max_rel: float | None = Field(
-        None, ge=0, description="Largest absolute error allowed, as a fraction of the output's largest |reference value|."
-    )
-    one_step_max_abs: float | None = Field(
-        None, ge=0, description="Largest absolute error allowed when every call starts from the reference's state (teacher-forced)."
-    )
-    rms: float | None = Field(None, ge=0, description="Largest RMS error allowed per output.")
-    min_cosine: float | None = Field(None, ge=-1, le=1, description="Smallest cosine similarity allowed per output.")
-    max_cer_vs_reference: float | None = Field(
-        None, ge=0, description="Largest character error rate of the transcript against the PyTorch reference's."
-    )
-    min_decision_agreement: float | None = Field(
-        None, ge=0, le=1, description="Smallest fraction of frames whose decision equals the reference's."
-    )
-
-
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, max_cer_vs_reference=0.0, min_decision_agreement=1.0),
-    # fp16 weights round every weight to 11 bits, so the error scales with the outputs: 0.002 per call and 0.09 over
-    # minutes on the LSTM's logits (|x| <= 15), 0.03 per call on the CNN's (|x| <= 170), transcripts unchanged
-    # (measured). The default bound is relative to each output's range; a target may add an absolute one.
-    "fp16": Tolerance(max_rel=1e-2, min_cosine=0.999, max_cer_vs_reference=0.01, min_decision_agreement=0.995),
-    "int16x8": Tolerance(min_cosine=0.99, max_cer_vs_reference=0.05, min_decision_agreement=0.98),
-    "int8": Tolerance(min_cosine=0.9, max_cer_vs_reference=0.15, min_decision_agreement=0.95),
-}
-
-
 class Budgets(Strict):
     max_size_mb: float = Field(50.0, gt=0, description="Largest artifact file allowed, in MB (10^6 bytes).")
     max_rtf: float = Field(0.5, gt=0, description="Largest real-time factor allowed (processing / audio time, 1 thread).")
-
-
-class LiteRtOptions(Strict):
-    allow_flex_ops: bool = Field(
-        False,
-        description="Accept Select-TF (Flex) ops in the .tflite (the app must then link the select-ops library); "
-        "off, any Flex or custom op fails the build naming the op and its ONNX node.",
-    )
-    keep_float_states: dict[Literal["int8"], tuple[str, ...]] = Field(
-        default_factory=dict,
-        description="int8 only: state inputs (e.g. c_in) whose recurrence stays float: every op on a path from the "
-        "state input to its state output, and every op reading such a value. Holds for any chunk length, unlike node names.",
-    )
-    keep_float: dict[Literal["int8"], tuple[str, ...]] = Field(
-        default_factory=dict,
-        description="int8 only: ONNX node names whose ops stay float (selective quantization), e.g. a recurrent "
-        "cell-state update that 8 bits cannot hold. (TensorFlow's selective quantization silently makes int8 of an "
-        "int16x8 file, so int16x8 takes no list.)",
-    )
 
 
 class Manifest(Strict):
@@ -113,16 +57,19 @@ class Manifest(Strict):
         None, description="Streaming I/O. Omit to take the model's own `streaming_spec(chunk_ms)`; if given, it is checked."
     )
     chunk_ms: tuple[int, ...] = Field((20,), min_length=1, description="Chunk lengths to build and verify, in ms.")
-    backends: dict[Backend, tuple[Precision, ...]] = Field(
-        description="Backend -> precisions to build, e.g. {litert: [fp32, int8]}.", min_length=1
+    backends: dict[str, tuple[str, ...]] = Field(
+        description="Backend -> precisions to build, e.g. {litert: [fp32, int8]}; backends and their precisions "
+        "are those of the registry (pipeline/backends).",
+        min_length=1,
     )
     verification: VerificationData = Field(description="Speech streamed through every artifact.")
     calibration: CalibrationData | None = Field(None, description="Speech recorded for INT8 calibration.")
-    tolerances: dict[Precision, Tolerance] = Field(
-        default_factory=dict, description="Per-precision overrides of the default tolerances."
+    tolerances: dict[str, Tolerance] = Field(
+        default_factory=dict,
+        description="Overrides of the default tolerances, keyed by precision ('int8': every backend's int8) or by "
+        "'backend.precision' ('litert.int8'), which wins. Removing a default bound needs a reason in `waived`.",
     )
     budgets: Budgets = Field(default_factory=Budgets, description="Size and speed limits per artifact.")
-    litert: LiteRtOptions = Field(default_factory=LiteRtOptions, description="Options of the LiteRT (Android) backend.")
 
     @field_validator("chunk_ms")
     @classmethod
@@ -136,35 +83,65 @@ class Manifest(Strict):
 
     @field_validator("backends")
     @classmethod
-    def _supported(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    def _registered(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        from pipeline.backends import REGISTRY, get_backend, unknown_backend_message
+
         for backend, precisions in value.items():
+            if backend not in REGISTRY:
+                raise ValueError(unknown_backend_message(backend))
             if not precisions:
                 raise ValueError(f"backend {backend!r} lists no precision")
-            unsupported = [p for p in precisions if p not in BACKEND_PRECISIONS[backend]]
+            known = get_backend(backend).precision_names
+            unsupported = [p for p in precisions if p not in known]
             if unsupported:
-                raise ValueError(
-                    f"backend {backend!r} cannot build {unsupported}; it builds {list(BACKEND_PRECISIONS[backend])}"
-                )
+                raise ValueError(f"backend {backend!r} cannot build {unsupported}; it builds {known}")
+            if len(set(precisions)) != len(precisions):
+                raise ValueError(f"backend {backend!r} lists a precision twice: {list(precisions)}")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
+        from pipeline.backends import get_backend
+
         if self.io is not None and self.chunk_ms != (self.io.chunk_ms,):
             raise ValueError(
                 f"chunk_ms {list(self.chunk_ms)} disagrees with io.chunk_ms {self.io.chunk_ms}: "
                 "an explicit io describes exactly one chunk length"
             )
-        quantized = {p for ps in self.backends.values() for p in ps if p in ("int8", "int16x8")}
-        if quantized and self.calibration is None:
-            raise ValueError(f"precisions {sorted(quantized)} need a `calibration` section (real speech to calibrate on)")
+        calibrated = sorted(
+            f"{b}.{p}" for b, ps in self.backends.items() for p in ps if get_backend(b).precision(p).calibrated
+        )
+        if calibrated and self.calibration is None:
+            raise ValueError(f"precisions {calibrated} need a `calibration` section (real speech to calibrate on)")
+        listed = {p for ps in self.backends.values() for p in ps} | {f"{b}.{p}" for b, ps in self.backends.items() for p in ps}
+        unknown = sorted(set(self.tolerances) - listed)
+        if unknown:
+            raise ValueError(f"tolerances for {unknown}, which this manifest does not build; it builds {sorted(listed)}")
         return self
 
-    def tolerance(self, precision: str) -> Tolerance:
-        default = DEFAULT_TOLERANCES[precision]
-        override = self.tolerances.get(precision)  # type: ignore[call-overload]
-        if override is None:
-            return default
-        return default.model_copy(update=override.model_dump(exclude_unset=True))
+    def tolerance_override(self, backend: str, precision: str) -> Tolerance | None:
+        """The manifest's own bounds for one variant: 'precision' entries, then 'backend.precision' ones on top."""
+        generic, specific = self.tolerances.get(precision), self.tolerances.get(f"{backend}.{precision}")
+        if generic is None or specific is None:
+            return specific or generic
+        return generic.merged(specific)
+
+    def backend_options(self, backend: str) -> Any:
+        """The manifest section named after the backend (its registered options model), or None if it has none."""
+        return getattr(self, backend, None)
+
+
+@lru_cache(maxsize=None)
+def manifest_model() -> type[Manifest]:
+    """Manifest plus one optional section per registered backend with options, named after it."""
+    from pipeline.backends import get_backend, known_backends
+
+    sections: dict[str, Any] = {}
+    for name in known_backends():
+        options = get_backend(name).options
+        if options is not None:
+            sections[name] = (options, Field(default_factory=options, description=f"Options of the {name} backend."))
+    return create_model("Manifest", __base__=Manifest, **sections)
 
 
 def _resolve(manifest: Manifest, base: Path) -> Manifest:
@@ -221,9 +198,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for error in exc.errors():
         location = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("logmel", "pcm", "ctc_greedy", "decision")))
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in location).replace(".[", "[")
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden" and location:
-            close = difflib.get_close_matches(str(location[-1]), _field_names(Manifest, location), n=1)
+            close = difflib.get_close_matches(str(location[-1]), _field_names(manifest_model(), location), n=1)
             message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
         elif error["type"] == "missing":
             message = "required field is missing"
@@ -247,7 +224,7 @@ def load_manifest(path: str | Path) -> Manifest:
     if not isinstance(document, dict):
         raise UserError(f"expected a mapping of fields at the top level, got {type(document).__name__}", where=str(path))
     try:
-        manifest = Manifest.model_validate(document)
+        manifest = manifest_model().model_validate(document)
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, str(path))) from None
     manifest = _resolve(manifest, path.parent.resolve())

@@ -14,7 +14,7 @@ from pipeline.contract import read_contract
 from pipeline.errors import UserError
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
-from pipeline.stages.tflite import recurrence_nodes
+from pipeline.onnx_graph import recurrence_nodes
 from tests.conftest import tiny_checkpoint, write_manifest
 
 

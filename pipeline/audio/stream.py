@@ -6,12 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.audio.corpus import load_split, speech_mask
 from pipeline.audio.frontend import stream_chunks
 from pipeline.cache import digest_files
+from pipeline.dag import StageConfig
 from pipeline.errors import UserError
 from pipeline.spec import StreamSpec
+
+
+class StreamData(StageConfig):
+    """The speech streamed, identified by content; the path is only where to read it."""
+
+    split: str = Field(description="Corpus split streamed back to back.")
+    split_sha256: str = Field(description="Digest of the split's index and audio files.")
+    max_seconds: float | None = Field(description="Audio streamed, None for the whole split.")
+    corpus: Path = Field(exclude=True, description="Corpus directory (not part of the key).")
 
 
 @dataclass(frozen=True)

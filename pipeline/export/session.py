@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtimes.base import StreamingSession
+from pipeline.session import StreamingSession
 
 
 class TorchSession(StreamingSession):
@@ -17,8 +17,8 @@ class TorchSession(StreamingSession):
         super().__init__(artifact_dir, threads)
         self._torch = torch
         self._module = torch.jit.load(str(self.artifact_dir / self.contract.artifact), map_location="cpu").eval()
-        self._inputs = [self.contract.bindings[n].name for n in self.stream.input_names]
-        self._outputs = [self.contract.bindings[n].name for n in self.stream.output_names]
+        self._inputs = [self.contract.bindings[n].name for n in self.spec.input_names]
+        self._outputs = [self.contract.bindings[n].name for n in self.spec.output_names]
 
     def _invoke(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch

@@ -12,28 +12,14 @@ from pipeline.cache import Artifact
 from pipeline.contract import identity_bindings, read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import UserError
+from pipeline.onnx_graph import ONNX_FILE as ARTIFACT
+from pipeline.onnx_graph import check_onnx_io
 
-ARTIFACT = "model.onnx"
 
 
 class OnnxConfig(StageConfig):
     opset: int = Field(17, description="ONNX opset to export at.")
     do_constant_folding: bool = Field(True, description="Fold constants during export.")
-
-
-def check_onnx_io(path: Path, expected_inputs: list[str], expected_outputs: list[str], where: str) -> None:
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializers]
-    outputs = [o.name for o in graph.output]
-    if inputs != expected_inputs or outputs != expected_outputs:
-        raise UserError(
-            f"graph I/O is inputs {inputs} -> outputs {outputs}, the contract says {expected_inputs} -> {expected_outputs} "
-            "(an output that is an input passed through, or two identical outputs, get renamed)",
-            where=where,
-        )
 
 
 class OnnxStage(Stage):
@@ -72,7 +58,7 @@ class OnnxStage(Stage):
         check_onnx_io(out / ARTIFACT, spec.input_names, spec.output_names, f"stage onnx ({ctx.node_id})")
         write_contract(
             out,
-            contract.model_copy(update={"backend": "onnxruntime", "artifact": ARTIFACT, "bindings": identity_bindings(spec)}),
+            contract.model_copy(update={"backend": "onnx", "artifact": ARTIFACT, "bindings": identity_bindings(spec)}),
         )
 
 

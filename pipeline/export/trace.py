@@ -89,9 +89,55 @@ def check_streaming_matches_batch(model: Any, spec: StreamSpec, count: int, atol
     return worst
 
 
+def strip_provenance(path: Path) -> None:
+    """Rewrite a saved TorchScript archive without what ties its bytes to this process and checkout.
+
+    `*.debug_pkl` records the Python call stack with absolute paths, and `serialization_id` is random
+    per save; neither is needed to load or run the module. (A class traced twice in one process still
+    gets mangled names: trace bytes can differ between a sequential and a parallel build, the ONNX
+    exported from them does not.)
+    """
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist() if not info.filename.endswith(".debug_pkl")]
+    content = hashlib.sha256(b"".join(data for name, data in entries if not name.endswith("serialization_id"))).hexdigest()
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, content[:20].encode() if name.endswith("serialization_id") else data)
+    tmp.replace(path)
+
+
+def write_model_tolerances(model: Any, out: Path) -> None:
+    """The model's own `default_tolerances()` (precision -> bounds), checked, for verify to apply over the backend's."""
+    import json
+
+    from pydantic import ValidationError
+
+    from pipeline.verify.gates import MODEL_TOLERANCES_FILE, Tolerance
+
+    declare = getattr(model, "default_tolerances", None)
+    if declare is None:
+        return
+    declared = declare()
+    if not isinstance(declared, dict):
+        raise UserError(f"default_tolerances() returned {type(declared).__name__}, expected a dict precision -> bounds", where="model.default_tolerances")
+    checked = {}
+    for precision, bounds in declared.items():
+        try:
+            checked[str(precision)] = Tolerance.model_validate(bounds.model_dump(exclude_unset=True) if isinstance(bounds, Tolerance) else bounds)
+        except ValidationError as exc:
+            raise UserError(f"default_tolerances()[{precision!r}]: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc']})", where="model.default_tolerances") from None
+    document = {p: t.model_dump(exclude_unset=True) for p, t in sorted(checked.items())}
+    (out / MODEL_TOLERANCES_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
 class TraceStage(Stage):
     name = "trace"
-    version = "2"
+    version = "3"
     tools = ("torch", "numpy")
     Config = TraceConfig
 
@@ -126,6 +172,8 @@ class TraceStage(Stage):
                         )
                 state = list(eager[len(spec.outputs):])
         traced.save(str(out / ARTIFACT))
+        strip_provenance(out / ARTIFACT)
+        write_model_tolerances(model, out)
         write_contract(
             out,
             Contract(

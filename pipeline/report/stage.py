@@ -1,4 +1,11 @@
-"""report: gather every variant's verification into report.json (schema 1), report.md and drift.png."""
+"""report: every variant of a target in report.json (schema 2), report.md and drift.png.
+
+Every planned variant is listed, whatever became of it: passed; failed verification (which bound,
+by how much); or failed at a stage (which stage, tool, op, message), when its artifact never got
+built. Budgets are judged here, not in verify: size from the verify record, speed from its
+`timings.json` (wall clock, outside the cached bytes), and only where the backend's latency
+means something on a device.
+"""
 
 from __future__ import annotations
 
@@ -9,103 +16,85 @@ from pydantic import Field
 
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.stages.verify import RESULT_FILE
+from pipeline.manifest import Budgets
+from pipeline.report.render import plot_drift, render_markdown
+from pipeline.spec import Strict
 
 REPORT_JSON, REPORT_MD, DRIFT_PNG = "report.json", "report.md", "drift.png"
+RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify writes
+
+
+class VariantInfo(Strict):
+    name: str = Field(description="Variant name, also the report input's role.")
+    backend: str = Field(description="Registered backend.")
+    precision: str = Field(description="Precision in the backend's vocabulary.")
+    chunk_ms: int = Field(description="Chunk length.")
+    runtime: str = Field(description="What executed the artifact during verification.")
+    device_latency: bool = Field(description="Whether the measured latency means anything on a device.")
 
 
 class ReportConfig(StageConfig):
     target: str = Field(description="Target name.")
     model: str = Field(description="Model factory.")
     description: str = Field("", description="Target description shown at the top of report.md.")
+    budgets: Budgets = Field(description="Size and speed limits per artifact.")
+    variants: tuple[VariantInfo, ...] = Field(description="Every planned variant, in plan order.")
 
 
-def _fmt(value: float | None, spec: str = ".3g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def render_markdown(report: dict) -> str:
-    lines = [
-        f"# speechport report: {report['target']}",
-        "",
-        f"Model `{report['model']}`. {report.get('description', '')}".rstrip(),
-        "",
-        f"**{'PASSED' if report['passed'] else 'FAILED'}**: every variant streamed the verification speech "
-        "back to back, carrying its own state, on its own runtime, against the PyTorch reference.",
-        "",
-        "| variant | ok | size MB | audio s | worst max abs | one-step max abs | min cosine | drift ratio | CER | CER vs ref | decisions | RTF | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in report["variants"]:
-        outputs = v["outputs"].values()
-        lines.append(
-            f"| {v['name']} | {'yes' if v['passed'] else '**no**'} | {v['size_bytes'] / 1e6:.2f} | {v['audio_seconds']:.0f} "
-            f"| {max(o['max_abs'] for o in outputs):.3g} | {max(o['one_step_max_abs'] for o in outputs):.3g} "
-            f"| {min(o['cosine'] for o in outputs):.6f} "
-            f"| {max(o['drift_ratio'] for o in outputs):.2f} | {_fmt(v.get('cer'), '.4f')} | {_fmt(v.get('cer_vs_reference'), '.4f')} "
-            f"| {_fmt(v.get('decision_agreement'), '.4f')} | {v['rtf']:.4f} | {v['latency_ms_p50']:.3f} | {v['latency_ms_p99']:.3f} |"
-        )
-    failures = [(v["name"], f) for v in report["variants"] for f in v["failures"]]
-    if failures:
-        lines += ["", "## Failures", ""] + [f"- `{name}`: {failure}" for name, failure in failures]
-    if report.get("reference_cer") is not None:
-        lines += ["", f"PyTorch reference CER against the ground truth: {report['reference_cer']:.4f}."]
-    lines += [
-        "",
-        "One-step max abs: the same artifact fed the reference's state on each of the first chunks, so the error "
-        "cannot accumulate; the gap to the closed-loop max abs is drift through the state. "
-        "Drift ratio: RMS error over the last third of the stream divided by that over the first third "
-        "(above 1: error accumulates through the state). Error per window over time: `drift.png`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def plot_drift(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted({name for v in report["variants"] for name in v["drift"]})
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 3.2 * len(names)), squeeze=False)
-    for axis, name in zip(axes[:, 0], names):
-        for v in report["variants"]:
-            windows = v["drift"].get(name)
-            if not windows:
-                continue
-            seconds = [w["end_step"] * v["chunk_ms"] / 1000 for w in windows]
-            axis.semilogy(seconds, [max(w["max_abs"], 1e-12) for w in windows], label=v["name"], marker=".")
-        axis.set_title(f"{name}: max abs error vs PyTorch per {report['variants'][0]['window_seconds']:g} s window")
-        axis.set_xlabel("seconds of streamed speech")
-        axis.set_ylabel("max abs error")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latency: bool) -> list[str]:
+    failures = []
+    if record["size_bytes"] > budgets.max_size_mb * 1e6:
+        failures.append(f"size: {record['size_bytes'] / 1e6:.2f} MB exceeds the budget of {budgets.max_size_mb:g} MB")
+    if device_latency and not timings["rtf"] <= budgets.max_rtf:
+        failures.append(f"speed: real-time factor {timings['rtf']:.3f} exceeds the budget of {budgets.max_rtf:g}")
+    return failures
 
 
 class ReportStage(Stage):
     name = "report"
-    version = "2"
+    version = "3"
     tools = ("matplotlib",)
     Config = ReportConfig
 
     @classmethod
     def run(cls, config: ReportConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         variants = []
-        for role in inputs:  # plan order: chunk length, then backend, then precision as the manifest lists them
-            record = json.loads((inputs[role].path / RESULT_FILE).read_text())
-            record["artifact"] = f"{record['name']}/{record.pop('artifact_file')}"
+        for info in config.variants:
+            if info.name in inputs:
+                record = json.loads((inputs[info.name].path / RESULT_FILE).read_text())
+                timings = json.loads((inputs[info.name].path / TIMINGS_FILE).read_text())
+                record["artifact"] = f"{record['name']}/{record.pop('artifact_file')}"
+                record |= timings
+                record["failures"] = record["failures"] + budget_failures(record, timings, config.budgets, info.device_latency)
+                record["passed"] = not record["failures"]
+                record["status"] = "passed" if record["passed"] else "failed"
+            else:
+                # the verify node was skipped: what the report names is the stage that failed upstream of it
+                failure = ctx.failures[info.name]
+                details = dict(failure.details)
+                root = failure.cause or failure.node_id
+                kind = details.pop("cause_kind", failure.kind)
+                stage = details.pop("cause_stage", failure.stage)
+                record = {
+                    "name": info.name,
+                    "backend": info.backend,
+                    "precision": info.precision,
+                    "chunk_ms": info.chunk_ms,
+                    "passed": False,
+                    "status": "error",
+                    "error": {"node": root, "stage": stage, "kind": kind, "message": failure.message} | details,
+                    "failures": [f"failed at {root}: {failure.message}"],
+                }
+            record["runtime"], record["device_latency"] = info.runtime, info.device_latency
             variants.append(record)
         report = {
-            "schema": 1,
+            "schema": 2,
             "target": config.target,
             "model": config.model,
             "description": config.description,
             "passed": all(v["passed"] for v in variants),
             "reference_cer": next((v["reference_cer"] for v in variants if "reference_cer" in v), None),
+            "budgets": config.budgets.model_dump(),
             "variants": variants,
         }
         (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")

@@ -16,19 +16,14 @@ from pydantic import Field
 
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.stages.reference import StreamData, stream_outputs
+from pipeline.verify.records import RANGES_FILE, SAMPLES_FILE
+from pipeline.audio.stream import StreamData
 
-SAMPLES_FILE = "calibration.npz"
-RANGES_FILE = "ranges.json"
 
 
 class CalibrateConfig(StageConfig):
     data: StreamData = Field(description="Calibration speech.")
     max_samples: int = Field(2000, gt=0, description="(chunk, state) samples kept, evenly spaced over the stream.")
-
-
-def load_calibration(artifact: Path) -> dict[str, np.ndarray]:
-    return dict(np.load(artifact / SAMPLES_FILE))
 
 
 class CalibrateStage(Stage):
@@ -40,10 +35,10 @@ class CalibrateStage(Stage):
     @classmethod
     def run(cls, config: CalibrateConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from pipeline.audio.stream import speech_stream
-        from pipeline.runtimes import open_session
+        from pipeline.export.session import TorchSession
 
-        session = open_session("torch", inputs["model"].path)
-        spec = session.stream
+        session = TorchSession(inputs["model"].path)
+        spec = session.spec
         stream = speech_stream(config.data.corpus, config.data.split, spec, config.data.max_seconds)
         steps = len(stream.chunks)
         keep = set(np.linspace(0, steps - 1, min(config.max_samples, steps)).round().astype(int).tolist())
@@ -58,7 +53,7 @@ class CalibrateStage(Stage):
                 for name in spec.input_names:
                     recorded[name].append(feeds[name])
 
-        stream_outputs(session, stream.chunks, ctx.progress, f"{ctx.node_id}: torch", observe=record)
+        session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch", observe=record)
         np.savez(out / SAMPLES_FILE, **{name: np.stack(values).astype(np.float32) for name, values in recorded.items()})
         ranges = {name: {"min": low[name], "max": high[name]} for name in low}
         (out / RANGES_FILE).write_text(json.dumps({"steps": steps, "samples": len(keep), "ranges": ranges}, indent=1) + "\n")

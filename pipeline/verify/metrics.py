@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# errors below this fraction of an output's RMS are rounding, not drift: they do not count in the drift ratio
+DRIFT_FLOOR = 1e-4
+
+
+def sqnr_db(reference: np.ndarray, error: np.ndarray) -> float:
+    """10 log10(sum ref^2 / sum error^2); inf for an exact match, -inf for a silent reference with an error."""
+    signal, noise = float((reference.astype(np.float64) ** 2).sum()), float((error.astype(np.float64) ** 2).sum())
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, steps: int, window_steps: int) -> dict:
-    """Both arrays are [steps, ...] (one row per chunk). Returns max_abs, rms, cosine and per-window drift."""
+    """Both arrays are [steps, ...] (one row per chunk). Magnitude, direction and per-window drift of the error."""
     ref = reference.reshape(steps, -1).astype(np.float64)
     got = candidate.reshape(steps, -1).astype(np.float64)
     error = got - ref
@@ -15,15 +28,21 @@ def compare(reference: np.ndarray, candidate: np.ndarray, steps: int, window_ste
     for start in range(0, steps, window_steps):
         part = error[start : start + window_steps]
         windows.append({"end_step": start + len(part), "max_abs": float(np.abs(part).max()), "rms": float(np.sqrt((part**2).mean()))})
+    reference_rms = float(np.sqrt((ref**2).mean()))
+    floor = DRIFT_FLOOR * reference_rms
     thirds = np.array_split(np.sqrt((error**2).mean(axis=1)), 3) if steps >= 3 else [np.zeros(1)] * 3
-    first, last = float(thirds[0].mean()), float(thirds[-1].mean())
+    first, last = float(thirds[0].mean()) + floor, float(thirds[-1].mean()) + floor
+    rms = float(np.sqrt((error**2).mean()))
     return {
         "max_abs": float(np.abs(error).max()),
         "reference_max_abs": float(np.abs(ref).max()),
-        "rms": float(np.sqrt((error**2).mean())),
+        "rms": rms,
+        "reference_rms": reference_rms,
+        "rms_rel": rms / reference_rms if reference_rms > 0 else (0.0 if rms == 0 else math.inf),
+        "sqnr_db": sqnr_db(ref, error),
         "cosine": float((ref * got).sum() / norm) if norm > 0 else float(np.array_equal(ref, got)),
         # RMS error over the last third of the stream relative to the first: > 1 means error accumulates
-        "drift_ratio": (last / first) if first > 0 else (0.0 if last == 0 else float("inf")),
+        "drift_ratio": last / first if first > 0 else 1.0,
         "drift": windows,
     }
 

@@ -1,64 +1,37 @@
-"""reference: stream the verification speech through the PyTorch reference, once, and keep its outputs.
+"""reference: stream the verification speech through the PyTorch reference, once, and keep what verify compares with.
 
 Every verify stage compares against these outputs, so the reference runs once per chunk length
-however many backends and precisions a target has.
+however many backends and precisions a target has. Besides the non-state outputs of every call
+(`outputs.npz`), it keeps the state going into and coming out of each call of the teacher-forced
+windows (`teacher.npz`), spread over the start, middle and end of the stream: there every backend
+is called on the reference's own state, so its one-call error, states included, is measured
+where the states have grown, not only in the first seconds.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
+from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.verify.records import OUTPUTS_FILE, STREAM_FILE, TEACHER_FILE, teacher_steps
 
-OUTPUTS_FILE = "outputs.npz"
-STREAM_FILE = "stream.json"
-
-
-class StreamData(StageConfig):
-    """The speech streamed, identified by content; the path is only where to read it."""
-
-    split: str = Field(description="Corpus split streamed back to back.")
-    split_sha256: str = Field(description="Digest of the split's index and audio files.")
-    max_seconds: float | None = Field(description="Audio streamed, None for the whole split.")
-    corpus: Path = Field(exclude=True, description="Corpus directory (not part of the key).")
 
 
 class ReferenceConfig(StageConfig):
     data: StreamData = Field(description="Verification speech.")
-
-
-def stream_outputs(
-    session, chunks: list[dict[str, np.ndarray]], progress, label: str, observe: Callable[[int, dict, dict], None] | None = None
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Closed-loop streaming: returns outputs stacked per chunk ([steps, ...]) and per-chunk seconds.
-
-    `observe(step, feeds, results)` sees every call's inputs (chunk and state) and all its outputs, states included.
-    """
-    session.reset()
-    collected: dict[str, list[np.ndarray]] = {o.name: [] for o in session.stream.outputs}
-    seconds = np.zeros(len(chunks))
-    clock = time.perf_counter
-    for k, chunk in enumerate(progress(chunks, label, len(chunks))):
-        started = clock()
-        feeds, results = session.advance(chunk)
-        seconds[k] = clock() - started
-        for name in collected:
-            collected[name].append(results[name])
-        if observe is not None:
-            observe(k, feeds, results)
-    return {name: np.stack(values) for name, values in collected.items()}, seconds
+    teacher_windows: int = Field(3, ge=1, description="Teacher-forced windows, spread evenly from the start to the end of the stream.")
+    teacher_steps: int = Field(300, ge=1, description="Consecutive calls per teacher-forced window.")
 
 
 class ReferenceStage(Stage):
     name = "reference"
-    version = "1"
+    version = "2"
     tools = ("torch", "numpy")
     Config = ReferenceConfig
 
@@ -66,20 +39,33 @@ class ReferenceStage(Stage):
     def run(cls, config: ReferenceConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from pipeline.audio.ctc import cer, ctc_greedy
         from pipeline.audio.stream import speech_stream
-        from pipeline.report.metrics import per_frame
-        from pipeline.runtimes import open_session
+        from pipeline.export.session import TorchSession
+        from pipeline.verify.metrics import per_frame
 
-        session = open_session("torch", inputs["model"].path)
-        spec = session.stream
+        session = TorchSession(inputs["model"].path)
+        spec = session.spec
         data = config.data
         stream = speech_stream(data.corpus, data.split, spec, data.max_seconds)
-        outputs, seconds = stream_outputs(session, stream.chunks, ctx.progress, f"{ctx.node_id}: torch")
+        forced = teacher_steps(len(stream.chunks), config.teacher_windows, config.teacher_steps)
+        wanted = set(forced.tolist())
+        state_in: dict[str, list[np.ndarray]] = {s.input: [] for s in spec.states}
+        state_out: dict[str, list[np.ndarray]] = {s.output: [] for s in spec.states}
+
+        def keep_states(step: int, feeds: dict, results: dict) -> None:
+            if step in wanted:
+                for s in spec.states:
+                    state_in[s.input].append(feeds[s.input])
+                    state_out[s.output].append(results[s.output])
+
+        outputs, _ = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch", observe=keep_states)
         np.savez(out / OUTPUTS_FILE, **outputs)
+        teacher = {"steps": forced} | {f"in.{k}": np.stack(v) for k, v in state_in.items()} | {f"out.{k}": np.stack(v) for k, v in state_out.items()}
+        np.savez(out / TEACHER_FILE, **teacher)
         summary: dict = {
             "steps": len(stream.chunks),
             "audio_seconds": len(stream.chunks) * spec.chunk_ms / 1000,
             "truth": stream.text,
-            "rtf": float(seconds.sum() / (len(stream.chunks) * spec.chunk_ms / 1000)),
+            "teacher_forced_steps": len(forced),
         }
         for output in spec.outputs:
             if output.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":

@@ -18,11 +18,14 @@ from models.lstm_ctc import StreamingLSTMCTC
 from pipeline import dag
 from pipeline.cache import Artifact, Cache
 from pipeline.contract import read_contract, write_contract
-from pipeline.errors import UserError
+from pipeline.errors import ToolchainError
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
-from pipeline.stages.tflite import TfliteConfig, TfliteStage, find_permutation
-from pipeline.stages.tflite_ops import TfliteOp, check_builtin_ops
+from pipeline.backends import get_backend
+from pipeline.backends.litert.bindings import find_permutation
+from pipeline.backends.litert.convert import ConvertConfig, ConvertStage
+from pipeline.backends.litert.flatbuffer import TfliteOp, check_builtin_ops
+from pipeline.backends.litert.tflite import TfliteConfig, TfliteStage
 from tests.conftest import CORPUS, tiny_checkpoint, write_manifest
 
 PRECISIONS = ["fp32", "fp16", "int8", "int16x8"]
@@ -67,8 +70,8 @@ def build(document: dict, path: Path, cache: Path) -> tuple[dict[str, Artifact],
 def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("android")
     document = manifest(tmp, "models.lstm_ctc:build", PRECISIONS)
-    built, hits, _ = build(document, tmp / "m.yaml", tmp / "cache")
-    return {"tmp": tmp, "document": document, "built": built, "hits": hits}
+    built, hits, graph = build(document, tmp / "m.yaml", tmp / "cache")
+    return {"tmp": tmp, "document": document, "built": built, "hits": hits, "graph": graph}
 
 
 def test_gate_rejects_flex_ops_naming_op_node_stage_and_variant() -> None:
@@ -77,11 +80,12 @@ def test_gate_rejects_flex_ops_naming_op_node_stage_and_variant() -> None:
         TfliteOp("FlexSplitV", True, ("model/tf.split/split",), ("/Split (Split)",)),
         TfliteOp("FlexSplitV", True, ("model/tf.split_1/split",), ("/Split_1 (Split)",)),
     ]
-    with pytest.raises(UserError) as caught:
-        check_builtin_ops(ops, allow_flex=False, variant="litert-int8@20ms", where="stage tflite (tflite-int8@20ms)")
+    with pytest.raises(ToolchainError) as caught:
+        check_builtin_ops(ops, allow_flex=False, variant="litert-int8@20ms", where="stage tflite-int8@20ms")
     message = str(caught.value)
-    for part in ("stage tflite (tflite-int8@20ms)", "litert-int8@20ms", "FlexSplitV x2", "/Split (Split)", "/Split_1 (Split)", "allow_flex_ops"):
+    for part in ("stage tflite-int8@20ms", "litert-int8@20ms", "FlexSplitV x2", "/Split (Split)", "/Split_1 (Split)", "allow_flex_ops", "onnx2tf"):
         assert part in message, message
+    assert caught.value.op == "FlexSplitV" and caught.value.exit_code == 4
     check_builtin_ops(ops, allow_flex=True, variant="litert-int8@20ms", where="stage tflite")  # allowed: no error
     check_builtin_ops(ops[:1], allow_flex=False, variant="litert-int8@20ms", where="stage tflite")
 
@@ -100,19 +104,22 @@ def test_a_real_flex_op_fails_the_tflite_stage(tiny_target: dict, tmp_path: Path
     source.mkdir()
     onnx.save(model, str(source / "model.onnx"))
     write_contract(source, read_contract(legalized))
-    out = tmp_path / "out"
+    converted, out = tmp_path / "converted", tmp_path / "out"
+    converted.mkdir()
     out.mkdir()
-    with pytest.raises(UserError) as caught:
-        TfliteStage.run(TfliteConfig(precision="fp32"), {"model": Artifact("legalize", "k", source, "d")}, out, dag.StageContext("tflite-fp32@20ms"))
+    ConvertStage.run(ConvertConfig(), {"model": Artifact("legalize", "k", source, "d")}, converted, dag.StageContext("onnx2tf@20ms"))
+    inputs = {"model": Artifact("legalize", "k", source, "d"), "converted": Artifact("onnx2tf", "k", converted, "d")}
+    with pytest.raises(ToolchainError) as caught:
+        TfliteStage.run(TfliteConfig(precision="fp32"), inputs, out, dag.StageContext("tflite-fp32@20ms"))
     message = str(caught.value)
     assert "FlexAtan" in message and "/guard/Atan (Atan)" in message and "litert-fp32@20ms" in message, message
     assert not (out / "model.tflite").exists()
 
 
 def test_split_is_legalized_into_slices_that_match(tmp_path: Path) -> None:
-    from pipeline.stages.simplify import stream_pair
+    from pipeline.export.rewrite import stream_pair
 
-    document = manifest(tmp_path, "tests.stages.test_tflite:build_split_gates", ["fp32"])
+    document = manifest(tmp_path, "tests.backends.test_litert:build_split_gates", ["fp32"])
     built, _, _ = build(document, tmp_path / "m.yaml", tmp_path / "cache")
     before, after = built["simplify@20ms"].path, built["legalize@20ms"].path
     report = json.loads((after / "legalize.json").read_text())
@@ -128,7 +135,6 @@ def test_split_is_legalized_into_slices_that_match(tmp_path: Path) -> None:
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_precision_builds_builtin_only_and_streams_on_its_own_state(tiny_target: dict, precision: str) -> None:
     from pipeline.audio.stream import speech_stream
-    from pipeline.runtimes import open_session
 
     artifact = tiny_target["built"][f"tflite-{precision}@20ms"].path
     contract = read_contract(artifact)
@@ -138,15 +144,15 @@ def test_each_precision_builds_builtin_only_and_streams_on_its_own_state(tiny_ta
     for name, binding in contract.bindings.items():  # 2-D I/O: no layout change, float I/O in every precision
         assert binding.permutation is None and binding.quantization is None and binding.dtype == "float32", (name, binding)
 
-    session = open_session("litert", artifact)
-    chunks = speech_stream(CORPUS, "verification", session.stream, 3).chunks
+    session = get_backend("litert").open_session(artifact)
+    chunks = speech_stream(CORPUS, "verification", session.spec, 3).chunks
     session.reset()
     largest = 0.0
     for chunk in chunks:
         fed = {name: value.copy() for name, value in session.state.items()}
         outputs = session.call({**chunk, **fed})
         session.step(chunk)
-        for s in session.stream.states:  # the state it carries is exactly what its own last call produced
+        for s in session.spec.states:  # the state it carries is exactly what its own last call produced
             np.testing.assert_array_equal(session.state[s.input], outputs[s.output])
             largest = max(largest, float(np.abs(session.state[s.input]).max()))
     if precision != "int8":
@@ -182,3 +188,57 @@ def test_tflite_cache_hits_and_a_precision_option_misses_only_its_node(tiny_targ
     assert {node for node, hit in hits.items() if not hit} == {"tflite-int8@20ms", "verify:litert-int8@20ms", "report"}
     ops = json.loads((built["tflite-int8@20ms"].path / "ops.json").read_text())
     assert ops["histogram"]["DEQUANTIZE"] > json.loads((tiny_target["built"]["tflite-int8@20ms"].path / "ops.json").read_text())["histogram"]["DEQUANTIZE"]
+
+
+def scale_output_weights(flatbuffer: bytes, output: str, factor: float) -> bytes:
+    """A broken quantized file: the weight scales of the FULLY_CONNECTED op computing the graph output tensor named
+    `output` are multiplied by `factor` (as a wrong quantization parameter would), so that output is off by about
+    (factor - 1) of its range."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    graph = model.subgraphs[0]
+    produced_by = {int(t): op for op in graph.operators for t in op.outputs}
+    tensor = next(k for k in graph.outputs if graph.tensors[k].name.decode() == output)
+    op = produced_by[tensor]
+    while model.operatorCodes[op.opcodeIndex].builtinCode != schema.BuiltinOperator.FULLY_CONNECTED:
+        op = produced_by[int(op.inputs[0])]  # through the DEQUANTIZE (and any reshape) to the head
+    weights = graph.tensors[op.inputs[1]]
+    weights.quantization.scale = [float(x) * factor for x in weights.quantization.scale]
+    builder = flatbuffers.Builder(len(flatbuffer))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.mark.parametrize("kind", ["tensor", "ctc_logits", "decision_logits"])
+def test_a_quantized_file_off_by_half_its_range_fails_verification(tiny_target: dict, tmp_path: Path, kind: str) -> None:
+    """The default int16x8 gates fail a real quantized .tflite whose output is off by half its range, whatever the
+    output kind: the same file unbroken does not fail the magnitude bounds."""
+    import shutil
+
+    from pipeline.verify.stage import RESULT_FILE, VerifyStage
+
+    built, graph = tiny_target["built"], tiny_target["graph"]
+    node = graph.nodes["verify:litert-int16x8@20ms"]
+    results = {}
+    for broken in (False, True):
+        artifact = tmp_path / f"artifact-{broken}"
+        shutil.copytree(built["tflite-int16x8@20ms"].path, artifact)
+        contract = read_contract(artifact)
+        spec = contract.stream
+        outputs = tuple(o.model_copy(update={"kind": kind}) for o in spec.outputs)
+        write_contract(artifact, contract.model_copy(update={"stream": spec.model_copy(update={"outputs": outputs})}))
+        if broken:
+            flatbuffer = (artifact / "model.tflite").read_bytes()
+            (artifact / "model.tflite").write_bytes(scale_output_weights(flatbuffer, contract.bindings["logits"].name, 1.5))
+        inputs = {role: built[dep] for role, dep in node.inputs} | {"model": Artifact("tflite", "x", artifact, "x")}
+        out = tmp_path / f"verify-{broken}"
+        out.mkdir()
+        VerifyStage.run(node.config, inputs, out, dag.StageContext("verify"))
+        results[broken] = json.loads((out / RESULT_FILE).read_text())
+    magnitude = ("logits: max abs error", "logits: SQNR")
+    assert not [f for f in results[False]["failures"] if f.startswith(magnitude)], results[False]["failures"]
+    assert not results[True]["passed"]
+    assert [f for f in results[True]["failures"] if f.startswith(magnitude)], results[True]["failures"]
+    assert results[True]["outputs"]["logits"]["max_abs"] > 0.3 * results[True]["outputs"]["logits"]["reference_max_abs"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InternalError, UserError
+from pipeline.errors import ToolchainError
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _ONNX_NODE = re.compile(r"onnx_op_type: (\S+) onnx_op_name: (.+?)\s*$")
@@ -112,11 +112,14 @@ def check_builtin_ops(ops: list[TfliteOp], *, allow_flex: bool, variant: str, wh
         origin = f"from ONNX node {', '.join(nodes)}" if nodes else f"TFLite tensor {', '.join(o for op in group for o in op.outputs)}"
         kind = "Select-TF (Flex) op" if name.startswith("Flex") else "custom op"
         lines.append(f"{name} x{len(group)} ({kind}, {origin})")
-    raise UserError(
-        f"{variant}: the .tflite needs ops the LiteRT builtin runtime does not have: " + "; ".join(lines),
-        where=where,
-        hint="add a legalize rewrite for the ONNX pattern (pipeline/stages/legalize.py), change the model to avoid it, "
+    raise ToolchainError(
+        "the .tflite needs ops the LiteRT builtin runtime does not have: " + "; ".join(lines)
+        + ". Add a legalize rewrite for the ONNX pattern (pipeline/backends/litert/legalize.py), change the model to avoid it, "
         "or set `litert.allow_flex_ops: true` in the manifest (the app must then link the Select-TF ops library)",
+        tool="onnx2tf",
+        stage=where,
+        variant=variant,
+        op=", ".join(sorted({op.op for op in custom})),
     )
 
 
@@ -129,7 +132,12 @@ def check_activation_type(tflite: bytes, precision: str, variant: str) -> None:
     types = {graph.Tensors(k).Type() for k in range(graph.TensorsLength())}
     expected = schema.TensorType.INT16 if precision == "int16x8" else schema.TensorType.INT8
     if expected not in types or (precision == "int8" and schema.TensorType.INT16 in types):
-        raise InternalError(f"{variant}: the quantized file has tensor types {sorted(types)}, not the {precision} activations asked for")
+        raise ToolchainError(
+            f"the quantized file has tensor types {sorted(types)}, not the {precision} activations asked for "
+            "(the converter fell back silently)",
+            tool="tensorflow",
+            variant=variant,
+        )
 
 
 def describe_op(index: int, op: TfliteOp) -> str:

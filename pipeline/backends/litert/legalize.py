@@ -37,7 +37,8 @@ from pipeline.cache import Artifact
 from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError
-from pipeline.stages.simplify import publish_rewrite
+from pipeline.export.rewrite import publish_rewrite
+from pipeline.onnx_graph import GraphEdit
 
 if TYPE_CHECKING:
     import onnx
@@ -52,109 +53,6 @@ class LegalizeConfig(StageConfig):
     )
     check_chunks: int = Field(200, gt=0, description="Chunks streamed through both graphs to check the rewrites.")
     check_atol: float = Field(1e-5, ge=0, description="Largest output difference the rewrites may introduce.")
-
-
-class GraphEdit:
-    """Producer/consumer lookups over one ONNX graph, and the few edits the rewrites need."""
-
-    def __init__(self, model: "onnx.ModelProto") -> None:
-        import onnx
-
-        self.model, self.graph = model, model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-        inferred = onnx.shape_inference.infer_shapes(model)
-        self.shapes: dict[str, tuple[int | None, ...]] = {}
-        for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-            dims = info.type.tensor_type.shape.dim
-            self.shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        self.graph_outputs = {o.name for o in self.graph.output}
-        self._names = {n.name for n in self.graph.node} | {t for n in self.graph.node for t in n.output}
-        self._names |= {i.name for i in self.graph.initializer} | {i.name for i in self.graph.input}
-
-    def producer(self, tensor: str) -> "onnx.NodeProto | None":
-        return next((n for n in self.graph.node if tensor in n.output), None)
-
-    def consumers(self, tensor: str) -> list["onnx.NodeProto"]:
-        return [n for n in self.graph.node if tensor in n.input]
-
-    def constant(self, tensor: str) -> np.ndarray | None:
-        from onnx import numpy_helper
-
-        for init in self.graph.initializer:
-            if init.name == tensor:
-                return numpy_helper.to_array(init)
-        node = self.producer(tensor)
-        if node is not None and node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
-        return None
-
-    def attr(self, node: "onnx.NodeProto", name: str, default=None):
-        from onnx import helper
-
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-    def axes(self, node: "onnx.NodeProto") -> list[int] | None:
-        """Unsqueeze/Squeeze axes, from the attribute (opset < 13) or the constant second input."""
-        if len(node.input) > 1 and node.input[1]:
-            value = self.constant(node.input[1])
-            return None if value is None else [int(v) for v in np.ravel(value)]
-        value = self.attr(node, "axes")
-        return None if value is None else list(value)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
-
-    def int64(self, base: str, values: list[int]) -> str:
-        from onnx import helper
-
-        name = self.fresh(base)
-        self.graph.initializer.append(helper.make_tensor(name, 7, [len(values)], values))  # 7 = INT64
-        return name
-
-    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> "onnx.NodeProto":
-        from onnx import helper
-
-        made = helper.make_node(op, inputs, outputs, name=self.fresh(name), **attrs)
-        self.graph.node.append(made)
-        return made
-
-    def axes_node(self, op: str, tensor: str, axes: list[int], output: str, name: str) -> "onnx.NodeProto":
-        if self.opset >= 13:
-            return self.node(op, [tensor, self.int64(f"{name}/axes", axes)], [output], name)
-        return self.node(op, [tensor], [output], name, axes=axes)
-
-    def remove(self, nodes: list["onnx.NodeProto"]) -> None:
-        for node in nodes:
-            self.graph.node.remove(node)
-
-    def finish(self) -> None:
-        """Drop nodes whose results nothing uses, then restore topological order."""
-        while True:
-            used = {t for n in self.graph.node for t in n.input} | self.graph_outputs
-            dead = [n for n in self.graph.node if not any(o in used for o in n.output)]
-            if not dead:
-                break
-            self.remove(dead)
-        available = {i.name for i in self.graph.input} | {i.name for i in self.graph.initializer} | {""}
-        pending, ordered = list(self.graph.node), []
-        while pending:  # stable: an already ordered graph comes out in the same order, in one pass
-            deferred = []
-            for n in pending:
-                if all(i in available for i in n.input):
-                    ordered.append(n)
-                    available.update(n.output)
-                else:
-                    deferred.append(n)
-            if len(deferred) == len(pending):
-                raise InternalError(f"legalize left a cycle or a dangling input among {[n.name for n in pending][:5]}")
-            pending = deferred
-        del self.graph.node[:]
-        self.graph.node.extend(ordered)
 
 
 def split_to_slice(g: GraphEdit) -> list[str]:

@@ -1,134 +1,83 @@
-"""The two subprocesses of the tflite stage: onnx2tf, and TensorFlow's quantizer.
+"""TensorFlow's quantizer, run in a subprocess on the convert stage's SavedModel.
 
-Both run out of process, offline (every HTTP(S) request goes to a dead proxy): onnx2tf is slow
-to import and rewrites its input in place; TensorFlow's calibrator and LiteRT's kernels abort
-the whole process on some bad quantizations (an all-zero constant quantized to scale 0), which
-out of process becomes an error message naming the ops instead of a dead build.
+TensorFlow's calibrator and LiteRT's kernels abort the whole process on some bad quantizations
+(an all-zero constant quantized to scale 0); out of process that becomes an error naming the
+ops. The stage and the subprocess talk through one typed request file.
 
-    python -m pipeline.stages.tflite_quantize request.json     # the quantizer side
+    python -m pipeline.backends.litert.quantize request.json     # the subprocess side
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import UserError
-from pipeline.stages.tflite_ops import (
-    ANSI_ESCAPE,
-    describe_op,
-    zero_scale_ops,
-    attribute_ops,
-    onnx_nodes_by_layer,
-    read_ops,
-)
-
-if TYPE_CHECKING:
-    from pipeline.stages.tflite import TfliteConfig
+from pipeline.backends.litert.flatbuffer import attribute_ops, describe_op, read_ops, zero_scale_ops
+from pipeline.backends.litert.toolrun import failure_summary, run_tool
+from pipeline.errors import ToolchainError, UserError
 
 
-def _offline_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # nothing may be downloaded: any HTTP(S) request goes to a closed local port and fails at once
-    env.update({k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")})
-    env.update({"NO_PROXY": "", "no_proxy": "", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
-    return env
+class QuantizeRequest(BaseModel):
+    """Everything the quantizer subprocess needs, written as JSON next to the samples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    saved_model: Path = Field(description="onnx2tf's SavedModel directory.")
+    samples: Path = Field(description="npz of recorded (chunk, state) pairs in the artifact's layout, keyed by input name.")
+    precision: Literal["int8", "int16x8"] = Field(description="Activation precision (weights are int8 in both).")
+    allow_flex: bool = Field(description="Accept Select-TF ops.")
+    keep_float: tuple[str, ...] = Field(description="ONNX node names (or TFLite tensor names) whose ops stay float.")
+    layers: dict[str, str] = Field(description="Keras layer -> ONNX node, from onnx2tf's log.")
+    graph_outputs: dict[str, str] = Field(description="ONNX output (and producing node) name -> signature key.")
+    variant: str = Field(description="Variant name, for messages.")
+    where: str = Field(description="Stage node, for messages.")
+    output: Path = Field(description="Where the quantized flatbuffer goes.")
+    error: Path = Field(description="Where a failure is written as JSON (kind, message, tool, op).")
 
 
-def _run(command: list[str], cwd: Path, timeout: int, what: str, variant: str, where: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(command, cwd=cwd, env=_offline_env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"{variant}: {what} did not finish within {timeout} s", where=where, hint="raise timeout_seconds") from None
+class _Failure(Exception):
+    def __init__(self, kind: Literal["user", "toolchain"], message: str, tool: str = "tensorflow", op: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.tool, self.op = kind, message, tool, op
 
 
-def _failure(done: subprocess.CompletedProcess) -> str:
-    if done.returncode < 0:
-        return f"killed by {signal.Signals(-done.returncode).name}"
-    lines = [line.strip() for line in ANSI_ESCAPE.sub("", done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if re.search(r"Error|ERROR|error:", line)]
-    return f"exit {done.returncode}: " + " | ".join((errors or lines)[-4:])
-
-
-def run_onnx2tf(onnx_path: Path, workdir: Path, timeout: int, variant: str, where: str) -> tuple[Path, str]:
-    """onnx2tf on a private copy of the graph; returns its output folder and its debug log."""
-    private = workdir / "model.onnx"
-    shutil.copyfile(onnx_path, private)  # onnx2tf rewrites its input in place (it names unnamed nodes)
-    # -osd: a SavedModel signature for the quantizer; -nuo: the graph is simplified already (and onnxsim is absent)
-    command = [sys.executable, "-m", "onnx2tf", "-i", private.name, "-o", "saved_model", "-osd", "-nuo", "-v", "debug"]
-    done = _run(command, workdir, timeout, "onnx2tf", variant, where)
-    output = workdir / "saved_model"
-    log = ANSI_ESCAPE.sub("", done.stdout + "\n" + done.stderr)
-    unsupported = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", log)))
-    if unsupported:
-        layers = onnx_nodes_by_layer(log)
-        located = re.findall(r'callsite\("model/([^/"]+)/[^"]*"', log)
-        nodes = sorted({layers[layer] for layer in located if layer in layers})
-        raise UserError(
-            f"{variant}: TensorFlow Lite has neither a builtin nor a Select-TF kernel for TF op(s) {', '.join(unsupported)}"
-            + (f" (from ONNX node {', '.join(nodes)})" if nodes else ""),
-            where=where,
-            hint="change the model to avoid the op, or add a legalize rewrite (pipeline/stages/legalize.py) replacing it",
-        )
-    if done.returncode != 0 or not (output / "model_float32.tflite").is_file():
-        raise UserError(
-            f"{variant}: onnx2tf could not convert the legalized graph ({_failure(done)})",
-            where=where,
-            hint="the error names the ONNX node; a legalize rewrite (pipeline/stages/legalize.py) may avoid the pattern",
-        )
-    return output, log
-
-
-def quantize_in_subprocess(
-    workdir: Path, saved_model: Path, samples: dict[str, np.ndarray], config: "TfliteConfig", layers: dict[str, str], variant: str, where: str
-) -> bytes:
-    np.savez(workdir / "samples.npz", **samples)
-    request = {
-        "saved_model": str(saved_model),
-        "samples": str(workdir / "samples.npz"),
-        "precision": config.precision,
-        "allow_flex": config.allow_flex,
-        "keep_float": list(config.keep_float),
-        "layers": layers,
-        "graph_outputs": _graph_outputs(saved_model.parent / "model.onnx"),
-        "variant": variant,
-        "where": where,
-        "output": str(workdir / "quantized.tflite"),
-        "error": str(workdir / "quantize-error.txt"),
-    }
-    (workdir / "quantize.json").write_text(json.dumps(request))
-    done = _run([sys.executable, "-m", "pipeline.stages.tflite_quantize", str(workdir / "quantize.json")], workdir, config.timeout_seconds, "the quantizer", variant, where)
-    if (workdir / "quantize-error.txt").is_file():
-        raise UserError((workdir / "quantize-error.txt").read_text())
-    if done.returncode != 0 and (workdir / "quantized.tflite").is_file():
+def quantize_in_subprocess(request: QuantizeRequest, samples: dict[str, np.ndarray], workdir: Path, timeout: int) -> bytes:
+    """Write the request, run the quantizer subprocess, and turn every way it can fail into a named error."""
+    np.savez(request.samples, **samples)
+    request_path = workdir / "quantize.json"
+    request_path.write_text(request.model_dump_json())
+    done = run_tool([sys.executable, "-m", "pipeline.backends.litert.quantize", str(request_path)], workdir, timeout, "tensorflow", request.variant, request.where)
+    if request.error.is_file():
+        failure = json.loads(request.error.read_text())
+        if failure["kind"] == "user":
+            raise UserError(f"{request.variant}: {failure['message']}", where=request.where)
+        raise ToolchainError(failure["message"], tool=failure["tool"], stage=request.where, variant=request.variant, op=failure.get("op"))
+    if done.returncode != 0 and request.output.is_file():
         # converted, then LiteRT died preparing it: its kernels abort instead of reporting some bad quantizations
-        flatbuffer = (workdir / "quantized.tflite").read_bytes()
-        ops = attribute_ops(read_ops(flatbuffer), layers)
+        flatbuffer = request.output.read_bytes()
+        ops = attribute_ops(read_ops(flatbuffer), request.layers)
         suspects = [describe_op(k, ops[k]) for k in zero_scale_ops(flatbuffer)]
-        raise UserError(
-            f"{variant}: LiteRT aborts while preparing the quantized file ({_failure(done)}); "
-            + (f"ops with an input quantized to scale 0: {'; '.join(suspects[:6])}" if suspects else "the runtime named no op"),
-            where=where,
-            hint="a constant that is all zeros cannot be quantized; remove it from the model (x + 0), or keep the op float "
-            "with `litert.keep_float`",
+        raise ToolchainError(
+            f"LiteRT aborts while preparing the quantized file ({failure_summary(done)}); "
+            + (f"ops with an input quantized to scale 0: {'; '.join(suspects[:6])}" if suspects else "the runtime named no op")
+            + ". A constant that is all zeros cannot be quantized; remove it from the model (x + 0), or keep the op float with `litert.keep_float`",
+            tool="ai-edge-litert",
+            stage=request.where,
+            variant=request.variant,
+            op=", ".join(sorted({ops[k].op for k in zero_scale_ops(flatbuffer)})) or None,
         )
-    if done.returncode != 0 or not (workdir / "quantized.tflite").is_file():
-        raise UserError(f"{variant}: the TFLite quantizer crashed ({_failure(done)})", where=where)
-    return (workdir / "quantized.tflite").read_bytes()
+    if done.returncode != 0 or not request.output.is_file():
+        raise ToolchainError(f"the TFLite quantizer crashed ({failure_summary(done)})", tool="tensorflow", stage=request.where, variant=request.variant)
+    return request.output.read_bytes()
 
 
-def _graph_outputs(onnx_path: Path) -> dict[str, str]:
+def graph_outputs(onnx_path: Path) -> dict[str, str]:
     """ONNX output name, and the node producing it, -> signature key 'output_k' (their tensors have no layer name)."""
     import onnx
 
@@ -137,7 +86,7 @@ def _graph_outputs(onnx_path: Path) -> dict[str, str]:
     return keys | {n.name: keys[o] for n in graph.node for o in n.output if o in keys and n.name}
 
 
-def _smoke_test(path: Path, samples: dict[str, np.ndarray], layers: dict[str, str], allow_flex: bool, variant: str, where: str) -> None:
+def _smoke_test(path: Path, samples: dict[str, np.ndarray], layers: dict[str, str], allow_flex: bool) -> None:
     """Load and run the quantized file once, in the subprocess: some LiteRT kernels abort, others refuse a dtype."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -155,27 +104,30 @@ def _smoke_test(path: Path, samples: dict[str, np.ndarray], layers: dict[str, st
         ops = attribute_ops(read_ops(path.read_bytes()), layers)
         node = re.search(r"Node number (\d+) \((\w+)\)", message)
         culprit = f" - {describe_op(int(node.group(1)), ops[int(node.group(1))])}" if node and int(node.group(1)) < len(ops) else ""
-        raise UserError(
-            f"{variant}: LiteRT cannot run the quantized file: {message}{culprit}",
-            where=where,
-            hint="a legalize rewrite can avoid the op, or `litert.keep_float` can leave it in float",
+        op = ops[int(node.group(1))].op if node and int(node.group(1)) < len(ops) else None
+        raise _Failure(
+            "toolchain",
+            f"LiteRT cannot run the quantized file: {message}{culprit}; a legalize rewrite can avoid the op, "
+            "or `litert.keep_float` can leave it in float",
+            tool="ai-edge-litert",
+            op=op,
         ) from None
 
 
-def _quantize(request: dict) -> bytes:
+def _quantize(request: QuantizeRequest) -> bytes:
     """Runs in the subprocess: int8 or int16x8 with float32 I/O, calibrated on the recorded samples."""
     import tensorflow as tf
 
-    samples = dict(np.load(request["samples"]))
+    samples = dict(np.load(request.samples))
     count = len(next(iter(samples.values())))
-    precision, keep_float, variant, where = request["precision"], tuple(request["keep_float"]), request["variant"], request["where"]
+    precision, keep_float = request.precision, request.keep_float
 
     def representative():
         for k in range(count):
             yield {name: values[k] for name, values in samples.items()}
 
     def converter(quantized: bool):
-        made = tf.lite.TFLiteConverter.from_saved_model(request["saved_model"])
+        made = tf.lite.TFLiteConverter.from_saved_model(str(request.saved_model))
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantized:
             made.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -183,7 +135,7 @@ def _quantize(request: dict) -> bytes:
             full = {"int8": tf.lite.OpsSet.TFLITE_BUILTINS_INT8, "int16x8": tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
             # float fallback only where ops are deliberately kept float; otherwise an op without an integer kernel fails here
             ops = [full[precision]] + ops * bool(keep_float)
-        made.target_spec.supported_ops = ops + [tf.lite.OpsSet.SELECT_TF_OPS] * bool(request["allow_flex"])
+        made.target_spec.supported_ops = ops + [tf.lite.OpsSet.SELECT_TF_OPS] * request.allow_flex
         return made
 
     try:
@@ -191,19 +143,19 @@ def _quantize(request: dict) -> bytes:
             return converter(True).convert()
         # selective quantization: the quantization debugger's deny list (op output tensors of this very
         # conversion's float model) leaves those ops float, with (de)quantize ops around them
-        deny = _keep_float_tensors(keep_float, converter(False).convert(), request["layers"], request["graph_outputs"], variant, where)
+        deny = _keep_float_tensors(keep_float, converter(False).convert(), request.layers, request.graph_outputs)
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(deny))
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(True), debug_dataset=representative, debug_options=options)
         return debugger.get_nondebug_quantized_model()
-    except UserError:
+    except _Failure:
         raise
     except Exception as exc:  # the converter's message names the op it could not lower or quantize
-        raise UserError(f"{variant}: quantizing failed: {type(exc).__name__}: {exc}", where=where) from None
+        message = " ".join(str(exc).split())
+        op = re.search(r"\b(?:op|Op|operator)\W+([A-Z][A-Z0-9_]+)\b", message) or re.search(r"'tfl\.(\w+)'", message)
+        raise _Failure("toolchain", f"quantizing to {precision} failed: {type(exc).__name__}: {message}", op=op.group(1).upper() if op else None) from None
 
 
-def _keep_float_tensors(
-    names: tuple[str, ...], float_flatbuffer: bytes, layers: dict[str, str], graph_outputs: dict[str, str], variant: str, where: str
-) -> tuple[str, ...]:
+def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers: dict[str, str], graph_outputs: dict[str, str]) -> tuple[str, ...]:
     """keep_float entries (ONNX node, ONNX output or TFLite tensor names) -> output tensors of the float model's ops."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -217,26 +169,25 @@ def _keep_float_tensors(
             hits = [tensor_names[signature[graph_outputs[name]]]]
         if not hits:
             known = sorted({n.rsplit(" (", 1)[0] for op in ops for n in op.onnx_nodes})
-            raise UserError(
-                f"{variant}: litert.keep_float names {name!r}, which is neither an ONNX node nor a TFLite tensor of the model",
-                where=where,
-                hint=f"ONNX nodes found: {', '.join(known[:30])}{' ...' if len(known) > 30 else ''}",
+            raise _Failure(
+                "user",
+                f"litert.keep_float names {name!r}, which is neither an ONNX node nor a TFLite tensor of the model; "
+                f"ONNX nodes found: {', '.join(known[:30])}{' ...' if len(known) > 30 else ''}",
             )
         tensors += hits
     return tuple(dict.fromkeys(tensors))
 
 
 def _quantize_main(request_path: str) -> int:
-    request = json.loads(Path(request_path).read_text())
+    request = QuantizeRequest.model_validate_json(Path(request_path).read_text())
     try:
-        Path(request["output"]).write_bytes(_quantize(request))
-        samples = dict(np.load(request["samples"]))
-        _smoke_test(Path(request["output"]), samples, request["layers"], request["allow_flex"], request["variant"], request["where"])
-    except UserError as exc:
-        Path(request["error"]).write_text(str(exc))
+        request.output.write_bytes(_quantize(request))
+        _smoke_test(request.output, dict(np.load(request.samples)), request.layers, request.allow_flex)
+    except _Failure as failure:
+        request.error.write_text(json.dumps({"kind": failure.kind, "message": failure.message, "tool": failure.tool, "op": failure.op}))
         return 1
     return 0
 
 
-if __name__ == "__main__":  # the quantizer subprocess: python -m pipeline.stages.tflite_quantize request.json
+if __name__ == "__main__":  # the quantizer subprocess: python -m pipeline.backends.litert.quantize request.json
     sys.exit(_quantize_main(sys.argv[1]))

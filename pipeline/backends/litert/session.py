@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtimes.base import StreamingSession, from_binding, to_binding
+from pipeline.session import StreamingSession, from_binding, to_binding
 
 
 class LiteRtSession(StreamingSession):
@@ -18,12 +18,12 @@ class LiteRtSession(StreamingSession):
         self._interpreter.allocate_tensors()
         index = {d["name"]: d["index"] for d in (*self._interpreter.get_input_details(), *self._interpreter.get_output_details())}
         bindings = self.contract.bindings
-        missing = [bindings[n].name for n in (*self.stream.input_names, *self.stream.output_names) if bindings[n].name not in index]
+        missing = [bindings[n].name for n in (*self.spec.input_names, *self.spec.output_names) if bindings[n].name not in index]
         if missing:
             raise KeyError(f"{self.artifact_dir / self.contract.artifact} has no I/O tensor named {missing}; it has {sorted(index)}")
         # per tensor: (contract name, tensor index, binding or None when the artifact takes the contract's float32 as is)
-        self._inputs = [(n, index[bindings[n].name], self._conversion(n)) for n in self.stream.input_names]
-        self._outputs = [(n, index[bindings[n].name], self._conversion(n)) for n in self.stream.output_names]
+        self._inputs = [(n, index[bindings[n].name], self._conversion(n)) for n in self.spec.input_names]
+        self._outputs = [(n, index[bindings[n].name], self._conversion(n)) for n in self.spec.output_names]
         self._set, self._get, self._run = self._interpreter.set_tensor, self._interpreter.get_tensor, self._interpreter.invoke
 
     def _conversion(self, name: str):

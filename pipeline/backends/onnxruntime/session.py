@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtimes.base import StreamingSession
+from pipeline.session import StreamingSession
 
 
 class OnnxRuntimeSession(StreamingSession):

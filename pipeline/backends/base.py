@@ -1,0 +1,77 @@
+"""What a backend is: one object that says everything the pipeline needs to know about it.
+
+A backend package exposes one `Backend`: its manifest options, its precisions (each with its
+default tolerance and whether it needs calibration), the tool distributions in its stages' keys,
+the lowering that adds its stages to the plan, its streaming session, and whether its latency
+figures mean anything on a device. Toolchains load only inside its stages and session.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from pipeline.verify.gates import Tolerance
+
+if TYPE_CHECKING:
+    from pipeline.dag import Node
+    from pipeline.session import StreamingSession
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    description: str
+    tolerance: Tolerance
+    calibrated: bool = False  # needs (chunk, state) pairs recorded from the reference on real speech
+
+
+@dataclass
+class Lowering:
+    """What the plan hands a backend for one chunk length: the upstream nodes and a way to add its own."""
+
+    chunk_ms: int
+    traced: str  # node id of the traced PyTorch reference
+    onnx: str  # node id of the simplified ONNX graph
+    options: Any  # the backend's options from the manifest (its `options` model), or None
+    add: Callable[["Node"], str]  # add a node (once per id); returns its id
+    calibration: Callable[[], str]  # the shared node recording real (chunk, state) pairs at this chunk length
+
+
+def _load(path: str) -> Any:
+    module_name, attribute = path.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    precisions: tuple[Precision, ...]
+    tools: tuple[str, ...]  # distributions whose versions key this backend's stages and its verification
+    lowering: str  # "module:function(lowering: Lowering, precision: str) -> artifact node id"
+    session: str  # "module:StreamingSession subclass"
+    options: type[BaseModel] | None = None  # the manifest section named after the backend
+    device_latency: bool = True  # False: its latency is a simulator's or an interpreter's, not a device's
+    runtime_label: str = ""  # what executes the artifact during verification, for the report
+
+    def precision(self, name: str) -> Precision:
+        for precision in self.precisions:
+            if precision.name == name:
+                return precision
+        raise KeyError(f"backend {self.name!r} has no precision {name!r}; it builds {self.precision_names}")
+
+    @property
+    def precision_names(self) -> list[str]:
+        return [p.name for p in self.precisions]
+
+    def lower(self, lowering: Lowering, precision: str) -> str:
+        return _load(self.lowering)(lowering, precision)
+
+    def open_session(self, artifact_dir: Path, threads: int = 1) -> "StreamingSession":
+        return _load(self.session)(artifact_dir, threads=threads)

@@ -1,0 +1,106 @@
+"""report.md and drift.png from a report document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def status_text(variant: dict) -> str:
+    if variant.get("status") == "error":
+        return f"FAILED at {variant['error']['node']}"
+    return "passed" if variant["passed"] else "FAILED verification"
+
+
+def render_markdown(report: dict) -> str:
+    verified = [v for v in report["variants"] if v.get("status") != "error"]
+    lines = [
+        f"# speechport report: {report['target']}",
+        "",
+        f"Model `{report['model']}`. {report.get('description', '')}".rstrip(),
+        "",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}**: every variant streamed the verification speech "
+        "back to back, carrying its own state, on its own runtime, against the PyTorch reference.",
+        "",
+        "| variant | outcome | size MB | audio s | worst max abs | worst of range | min SQNR dB | one-step of range | worst state one-step | min cosine | drift ratio | CER | CER vs ref | decisions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in report["variants"]:
+        if v.get("status") == "error":
+            lines.append(f"| {v['name']} | **{status_text(v)}** |" + " - |" * 12)
+            continue
+        outputs, states = v["outputs"].values(), v.get("states", {}).values()
+        rel = max(o["max_abs"] / o["reference_max_abs"] if o["reference_max_abs"] else 0.0 for o in outputs)
+        one_step = max(o["one_step_max_abs"] / o["one_step_reference_max_abs"] if o["one_step_reference_max_abs"] else 0.0 for o in outputs)
+        state_rel = max((s["max_abs"] / s["reference_max_abs"] if s["reference_max_abs"] else 0.0 for s in states), default=None)
+        lines.append(
+            f"| {v['name']} | {'passed' if v['passed'] else '**FAILED verification**'} | {v['size_bytes'] / 1e6:.2f} | {v['audio_seconds']:.0f} "
+            f"| {max(o['max_abs'] for o in outputs):.3g} | {rel:.3g} | {min(o['sqnr_db'] for o in outputs):.1f} | {one_step:.3g} "
+            f"| {_fmt(state_rel)} | {min(o['cosine'] for o in outputs):.6f} | {max(o['drift_ratio'] for o in outputs):.2f} "
+            f"| {_fmt(v.get('cer'), '.4f')} | {_fmt(v.get('cer_vs_reference'), '.4f')} | {_fmt(v.get('decision_agreement'), '.4f')} |"
+        )
+    if verified:
+        lines += [
+            "",
+            "## Speed",
+            "",
+            "| variant | runtime | RTF | p50 ms | p99 ms | device-meaningful |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in verified:
+            meaningful = "yes" if v.get("device_latency", True) else "no: not a device's timing, no budget applies"
+            lines.append(
+                f"| {v['name']} | {v.get('runtime', '-')} | {v['rtf']:.4f} | {v['latency_ms_p50']:.3f} | {v['latency_ms_p99']:.3f} | {meaningful} |"
+            )
+        lines += ["", "Timings are wall clock on the machine that ran verification, one thread."]
+    failures = [(v["name"], f) for v in report["variants"] for f in v["failures"]]
+    if failures:
+        lines += ["", "## Failures", ""] + [f"- `{name}`: {failure}" for name, failure in failures]
+    waived = [(v["name"], bound, reason) for v in verified for bound, reason in v.get("waived", {}).items()]
+    if waived:
+        lines += ["", "## Bounds removed by the target", ""] + [f"- `{name}`: `{bound}` not applied: {reason}" for name, bound, reason in waived]
+    if report.get("reference_cer") is not None:
+        lines += ["", f"PyTorch reference CER against the ground truth: {report['reference_cer']:.4f}."]
+    lines += [
+        "",
+        "Worst of range: the largest error of an output divided by its largest |reference value|. One-step: the same "
+        "artifact called on the reference's state (teacher-forced), in windows at the start, middle and end of the "
+        "stream, so the error cannot accumulate; the gap to the closed-loop error is drift through the state. State "
+        "outputs are judged there. Drift ratio: RMS error over the last third of the stream divided by that over the "
+        "first third (above 1: error accumulates through the state). Error per window over time: `drift.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_drift(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    verified = [v for v in report["variants"] if v.get("status") != "error"]
+    names = sorted({name for v in verified for name in v["drift"]})
+    fig, axes = plt.subplots(max(1, len(names)), 1, figsize=(9, 3.2 * max(1, len(names))), squeeze=False)
+    for axis, name in zip(axes[:, 0], names):
+        for v in verified:
+            windows = v["drift"].get(name)
+            if not windows:
+                continue
+            seconds = [w["end_step"] * v["chunk_ms"] / 1000 for w in windows]
+            axis.semilogy(seconds, [max(w["max_abs"], 1e-12) for w in windows], label=v["name"], marker=".")
+        axis.set_title(f"{name}: max abs error vs PyTorch per {verified[0]['window_seconds']:g} s window")
+        axis.set_xlabel("seconds of streamed speech")
+        axis.set_ylabel("max abs error")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no variant was verified", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    fig.tight_layout()
+    # fixed metadata: the same report draws the same bytes
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)

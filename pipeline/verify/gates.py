@@ -1,0 +1,206 @@
+"""The bounds an artifact must meet, and the judge that holds its streamed metrics to them.
+
+Every output kind is bounded in magnitude (relative to the output's own range, and as SQNR),
+not only by direction (cosine): an int8 probability off by 0.99 has a cosine near 1 if the
+offsets are consistent. State outputs are judged per call (teacher-forced, reference state fed
+in, at the start, middle and end of the stream), where their error is the artifact's own rather
+than the divergence of two trajectories. A default bound is removed only with a reason, which
+the report prints next to the variant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# written by the trace stage from the model's `default_tolerances()`; verify applies it over the backend's defaults
+MODEL_TOLERANCES_FILE = "tolerances.json"
+
+BOUNDS = (
+    "max_abs",
+    "max_rel",
+    "min_sqnr_db",
+    "max_rms_rel",
+    "max_drift_ratio",
+    "min_cosine",
+    "one_step_max_abs",
+    "one_step_max_rel",
+    "state_one_step_max_rel",
+    "state_min_sqnr_db",
+    "max_cer_vs_reference",
+    "min_decision_agreement",
+)
+
+
+class Tolerance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_abs: float | None = Field(None, ge=0, description="Largest absolute error on any element of a non-state output (closed loop).")
+    max_rel: float | None = Field(
+        None, ge=0, description="Largest absolute error of a non-state output, as a fraction of that output's largest |reference value|."
+    )
+    min_sqnr_db: float | None = Field(
+        None, description="Smallest signal-to-quantization-noise ratio of a non-state output: 10 log10(sum ref^2 / sum error^2)."
+    )
+    max_rms_rel: float | None = Field(None, ge=0, description="Largest RMS error of a non-state output, as a fraction of its reference RMS.")
+    max_drift_ratio: float | None = Field(
+        None,
+        ge=0,
+        description="Largest ratio of RMS error over the last third of the stream to the first third (error accumulating "
+        "through the state); errors below 1e-4 of the output's RMS count as zero.",
+    )
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="Smallest cosine similarity of a non-state output with the reference.")
+    one_step_max_abs: float | None = Field(
+        None, ge=0, description="Largest absolute error of a non-state output when each call starts from the reference's state."
+    )
+    one_step_max_rel: float | None = Field(
+        None, ge=0, description="The same, as a fraction of the output's largest |reference value| in the teacher-forced windows."
+    )
+    state_one_step_max_rel: float | None = Field(
+        None,
+        ge=0,
+        description="Largest error of a state output when the call starts from the reference's state, as a fraction of "
+        "that state's largest |reference value|.",
+    )
+    state_min_sqnr_db: float | None = Field(None, description="Smallest SQNR of a state output over the teacher-forced calls.")
+    max_cer_vs_reference: float | None = Field(
+        None, ge=0, description="Largest character error rate of the transcript against the PyTorch reference's (CTC outputs)."
+    )
+    min_decision_agreement: float | None = Field(
+        None, ge=0, le=1, description="Smallest fraction of frames whose decision equals the reference's (decision outputs)."
+    )
+    waived: dict[str, str] = Field(
+        default_factory=dict,
+        description="Bound name -> why it is removed. Setting a default bound to null needs an entry here; the report prints it.",
+    )
+
+    @model_validator(mode="after")
+    def _removals_have_reasons(self) -> "Tolerance":
+        unknown = sorted(set(self.waived) - set(BOUNDS))
+        if unknown:
+            raise ValueError(f"waived names {unknown}, which are not bounds; bounds are {list(BOUNDS)}")
+        for name, reason in self.waived.items():
+            if not reason.strip():
+                raise ValueError(f"waived.{name}: the reason is empty; say why the bound does not apply")
+        removed = sorted(f for f in self.model_fields_set if f in BOUNDS and getattr(self, f) is None and f not in self.waived)
+        if removed:
+            raise ValueError(
+                f"{', '.join(removed)} set to null without a reason: a default bound is removed only with "
+                f"`waived: {{{removed[0]}: \"why it does not apply\"}}`"
+            )
+        return self
+
+    def merged(self, override: "Tolerance | None") -> "Tolerance":
+        """This tolerance with the fields `override` sets explicitly taking precedence."""
+        if override is None:
+            return self
+        update: dict[str, Any] = {f: getattr(override, f) for f in override.model_fields_set if f != "waived"}
+        update["waived"] = {**self.waived, **override.waived}
+        # a bound set again explicitly is no longer waived
+        update["waived"] = {k: v for k, v in update["waived"].items() if update.get(k, getattr(self, k)) is None}
+        return Tolerance.model_validate({**self.model_dump(exclude={"waived"}, exclude_none=True), **update})
+
+
+# The defaults per numeric class of artifact. A backend's precision points at one of these; a model's
+# `default_tolerances()` and then the manifest override them. Set from the zoo streamed over the whole 5.6-minute
+# verification split on LiteRT (lstm / dscnn / conformer / kws; worst of range is max abs error over max |reference|):
+#   fp16      worst of range 0.006 / 0.0003 / 0.002 / 0.066 (kws's own bound 0.1), SQNR >= 57 dB, one call <= 0.0007
+#   int16x8   worst of range 0.047 / 0.26 (logits clipped at the calibrated range) / 0.097, SQNR >= 39 dB,
+#             states one call <= 0.094 of range, SQNR >= 48 dB
+#   int8      worst of range 0.16 / 0.26 / 0.13, SQNR >= 26 dB, states one call <= 0.30 of range, SQNR >= 30 dB
+# An output or state off by half its range fails every one of them, by range and by SQNR alike.
+FLOAT32 = Tolerance(
+    max_abs=1e-4,
+    min_sqnr_db=80.0,
+    max_drift_ratio=3.0,
+    min_cosine=0.99999,
+    one_step_max_rel=1e-5,
+    state_one_step_max_rel=1e-5,
+    state_min_sqnr_db=80.0,
+    max_cer_vs_reference=0.0,
+    min_decision_agreement=1.0,
+)
+FLOAT16 = Tolerance(
+    max_rel=1e-2,
+    min_sqnr_db=40.0,
+    max_drift_ratio=3.0,
+    min_cosine=0.999,
+    one_step_max_rel=5e-3,
+    state_one_step_max_rel=5e-3,
+    state_min_sqnr_db=40.0,
+    max_cer_vs_reference=0.01,
+    min_decision_agreement=0.995,
+)
+INT16_ACTIVATIONS = Tolerance(
+    max_rel=0.3,
+    min_sqnr_db=30.0,
+    max_drift_ratio=3.0,
+    min_cosine=0.99,
+    one_step_max_rel=0.3,
+    state_one_step_max_rel=0.25,
+    state_min_sqnr_db=30.0,
+    max_cer_vs_reference=0.05,
+    min_decision_agreement=0.98,
+)
+INT8_ACTIVATIONS = Tolerance(
+    max_rel=0.4,
+    min_sqnr_db=15.0,
+    max_drift_ratio=3.0,
+    min_cosine=0.9,
+    one_step_max_rel=0.4,
+    state_one_step_max_rel=0.45,
+    state_min_sqnr_db=20.0,
+    max_cer_vs_reference=0.15,
+    min_decision_agreement=0.95,
+)
+
+
+def _fails_above(value: float | None, bound: float | None) -> bool:
+    return bound is not None and value is not None and not value <= bound  # NaN fails
+
+
+def _fails_below(value: float | None, bound: float | None) -> bool:
+    return bound is not None and value is not None and not value >= bound
+
+
+def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Tolerance, extra: dict[str, float]) -> list[str]:
+    """Failures, one line each, naming the output, the figure, the bound and the value.
+
+    `outputs`: non-state output name -> closed-loop metrics (max_abs, reference_max_abs, sqnr_db, rms_rel,
+    drift_ratio, cosine) plus teacher-forced one_step_max_abs / one_step_reference_max_abs.
+    `states`: state output name -> teacher-forced metrics (max_abs, reference_max_abs, sqnr_db).
+    `extra`: cer_vs_reference, decision_agreement where the outputs have them.
+    """
+    t, failures = tolerance, []
+    for name, m in outputs.items():
+        rel = m["max_abs"] / m["reference_max_abs"] if m["reference_max_abs"] > 0 else (0.0 if m["max_abs"] == 0 else math.inf)
+        one_step_rel = m["one_step_max_abs"] / m["one_step_reference_max_abs"] if m["one_step_reference_max_abs"] > 0 else (
+            0.0 if m["one_step_max_abs"] == 0 else math.inf
+        )
+        checks = [
+            (_fails_above(m["max_abs"], t.max_abs), f"max abs error {m['max_abs']:.3g} exceeds {t.max_abs}"),
+            (_fails_above(rel, t.max_rel), f"max abs error {m['max_abs']:.3g} is {rel:.3g} of its range {m['reference_max_abs']:.3g}, above {t.max_rel}"),
+            (_fails_below(m["sqnr_db"], t.min_sqnr_db), f"SQNR {m['sqnr_db']:.1f} dB below {t.min_sqnr_db} dB"),
+            (_fails_above(m["rms_rel"], t.max_rms_rel), f"RMS error {m['rms_rel']:.3g} of its RMS, above {t.max_rms_rel}"),
+            (_fails_above(m["drift_ratio"], t.max_drift_ratio), f"error grows through the state: drift ratio {m['drift_ratio']:.2f} above {t.max_drift_ratio}"),
+            (_fails_below(m["cosine"], t.min_cosine), f"cosine similarity {m['cosine']:.6f} below {t.min_cosine}"),
+            (_fails_above(m["one_step_max_abs"], t.one_step_max_abs), f"teacher-forced (one call) max abs error {m['one_step_max_abs']:.3g} exceeds {t.one_step_max_abs}"),
+            (_fails_above(one_step_rel, t.one_step_max_rel), f"teacher-forced (one call) max abs error {m['one_step_max_abs']:.3g} is {one_step_rel:.3g} of its range, above {t.one_step_max_rel}"),
+        ]
+        failures += [f"{name}: {text}" for failed, text in checks if failed]
+    for name, m in states.items():
+        rel = m["max_abs"] / m["reference_max_abs"] if m["reference_max_abs"] > 0 else (0.0 if m["max_abs"] == 0 else math.inf)
+        if _fails_above(rel, t.state_one_step_max_rel):
+            failures.append(
+                f"state {name}: one call from the reference's state is off by {m['max_abs']:.3g}, {rel:.3g} of its range "
+                f"{m['reference_max_abs']:.3g}, above {t.state_one_step_max_rel}"
+            )
+        if _fails_below(m["sqnr_db"], t.state_min_sqnr_db):
+            failures.append(f"state {name}: teacher-forced SQNR {m['sqnr_db']:.1f} dB below {t.state_min_sqnr_db} dB")
+    if _fails_above(extra.get("cer_vs_reference"), t.max_cer_vs_reference):
+        failures.append(f"transcript: CER against the PyTorch transcript {extra['cer_vs_reference']:.4f} exceeds {t.max_cer_vs_reference}")
+    if _fails_below(extra.get("decision_agreement"), t.min_decision_agreement):
+        failures.append(f"decisions: agreement with PyTorch {extra['decision_agreement']:.4f} below {t.min_decision_agreement}")
+    return failures
