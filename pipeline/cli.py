@@ -45,7 +45,7 @@ def _load(manifest_path: str):
 def _events(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.dag import BuildEvents
+    from pipeline.execute import BuildEvents
 
     def progress(items: Iterable[Any], description: str, total: int | None) -> Iterator[Any]:
         columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -140,7 +140,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from rich.text import Text
 
-    from pipeline.dag import execute
+    from pipeline import execute as executor  # looked up at call time: tests substitute a fake executor
+    from pipeline.report.summary import print_summary
 
     console = _console()
     started = time.perf_counter()
@@ -148,8 +149,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else REPO_ROOT / "artifacts" / manifest.name
     check_replaceable(out)  # now, not after an hour of building
     # executors before parallel builds take no `jobs`
-    options = {"jobs": args.jobs} if "jobs" in inspect.signature(execute).parameters else {}
-    built = execute(graph, cache, manifest.name, _events(console), **options)
+    options = {"jobs": args.jobs} if "jobs" in inspect.signature(executor.execute).parameters else {}
+    built = executor.execute(graph, cache, manifest.name, _events(console), **options)
     failures = list((getattr(built, "failures", None) or {}).values())
     report = None
     # wrong input makes every output meaningless: ship nothing, as when the manifest itself is wrong
@@ -205,86 +206,6 @@ def report_failures(failures: Iterable[Any], manifest_path: str) -> int | None:
     if kinds:
         raise InternalError(f"stages were skipped but no failure caused it: {sorted(skipped)}")
     return None
-
-
-SUMMARY_COLUMNS = ("variant", "status", "MB", "max abs", "cosine", "CER", "CER vs ref", "decisions", "RTF")
-
-
-def _number(value: Any, spec: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    return format(value, spec)
-
-
-def variant_status(variant: dict) -> str:
-    """'passed', 'FAILED verification', or 'FAILED at <stage>' for a variant that never got verified."""
-    error = variant.get("error")
-    if variant.get("status") == "error" or isinstance(error, dict):
-        stage = (error.get("stage") or error.get("node")) if isinstance(error, dict) else None
-        return f"FAILED at {stage or 'an unknown stage'}"
-    status = variant.get("status") or ("passed" if variant.get("passed") else "failed")
-    return "passed" if status == "passed" and variant.get("passed", True) else "FAILED verification"
-
-
-def summary_row(variant: dict) -> list[str]:
-    """One variant's cells in SUMMARY_COLUMNS order; '-' for every metric it does not have."""
-    outputs = [o for o in (variant.get("outputs") or {}).values() if isinstance(o, dict)]
-    max_abs = [o["max_abs"] for o in outputs if _number(o.get("max_abs"), "g") != "-"]
-    cosine = [o["cosine"] for o in outputs if _number(o.get("cosine"), "g") != "-"]
-    size = variant.get("size_bytes")
-    return [
-        str(variant.get("name", "?")),
-        variant_status(variant),
-        _number(size / 1e6 if _number(size, "g") != "-" else None, ".2f"),
-        _number(max(max_abs) if max_abs else None, ".3g"),
-        _number(min(cosine) if cosine else None, ".6f"),
-        _number(variant.get("cer"), ".4f"),
-        _number(variant.get("cer_vs_reference"), ".4f"),
-        _number(variant.get("decision_agreement"), ".4f"),
-        _number(variant.get("rtf"), ".4f"),
-    ]
-
-
-def _failure_lines(variant: dict) -> list[str]:
-    lines = [str(f) for f in variant.get("failures") or []]
-    error = variant.get("error")
-    # the report usually words the error as a failure already; say it once
-    if isinstance(error, dict) and error.get("message") and not any(str(error["message"]) in line for line in lines):
-        kind = error.get("cause_kind") if error.get("kind") == "skipped" else error.get("kind")
-        lines.append(f"{kind + ' ' if kind else ''}error in {error.get('node') or error.get('stage') or '?'}: {error['message']}")
-    return lines
-
-
-def print_summary(console, report: dict) -> None:
-    """The report as a table: rich on a terminal, plain markdown (whole names, no markup) in a log."""
-    variants = report.get("variants") or []
-    title = f"{report.get('target', '?')}: {'passed' if report.get('passed') else 'FAILED'}"
-    rows = [summary_row(v) for v in variants]
-    if not console.is_terminal:
-        # CI logs: `out` neither wraps, crops nor interprets markup, so every name arrives whole
-        console.out(title, highlight=False)
-        console.out("", highlight=False)
-        for cells in (list(SUMMARY_COLUMNS), ["---"] * len(SUMMARY_COLUMNS), *rows):
-            console.out("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |", highlight=False)
-        for v in variants:
-            for line in _failure_lines(v):
-                console.out(f"FAIL {v.get('name', '?')}: {line}", highlight=False)
-        return
-
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title))
-    table.add_column("variant", no_wrap=True, overflow="fold")
-    for column in SUMMARY_COLUMNS[1:]:
-        table.add_column(column, overflow="fold")
-    for cells in rows:
-        status = Text(cells[1], style="" if cells[1] == "passed" else "red")
-        table.add_row(Text(cells[0]), status, *(Text(c) for c in cells[2:]))
-    console.print(table)
-    for v in variants:
-        for line in _failure_lines(v):
-            console.print(Text.assemble(("FAIL", "red"), f" {v.get('name', '?')}: {line}"))
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

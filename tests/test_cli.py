@@ -12,15 +12,16 @@ import pytest
 
 from pipeline import cli
 from pipeline.cache import Artifact
-from pipeline.cli import BUG_LINE, OUTPUT_MARKER, main, print_summary
+from pipeline.cli import BUG_LINE, OUTPUT_MARKER, main
 from pipeline.errors import InternalError, ToolchainError, UserError
+from pipeline.report.summary import print_summary
 from tests.conftest import write_manifest
 
 # --- exit codes, with the executor replaced: what cmd_build does with each kind of failure --------
 
 
 class FakeBuild(dict):
-    """What dag.execute returns: artifacts by node id, plus the failures."""
+    """What executor.execute returns: artifacts by node id, plus the failures."""
 
     def __init__(self, artifacts: dict[str, Artifact], failures: dict) -> None:
         super().__init__(artifacts)
@@ -48,7 +49,7 @@ def _report_artifact(tmp_path: Path, passed: bool) -> Artifact:
 @pytest.fixture
 def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Make `speechport build` run a fake executor returning (artifacts, failures); returns the call log."""
-    from pipeline import dag
+    from pipeline import execute as executor
 
     calls: list[dict] = []
     graph = SimpleNamespace(nodes={"report": SimpleNamespace(inputs=())})
@@ -61,7 +62,7 @@ def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             calls.append({"target": target, "jobs": jobs})
             return FakeBuild(artifacts, failures or {})
 
-        monkeypatch.setattr(dag, "execute", execute)
+        monkeypatch.setattr(executor, "execute", execute)
         return calls
 
     return arrange
@@ -181,11 +182,11 @@ def test_jobs_reaches_an_executor_that_takes_it(tmp_path: Path, fake_build) -> N
 
 
 def test_jobs_is_not_passed_to_an_executor_without_it(tmp_path: Path, fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import dag
+    from pipeline import execute as executor
 
     fake_build()
     report = _report_artifact(tmp_path, True)
-    monkeypatch.setattr(dag, "execute", lambda graph, cache, target, events=None: {"report": report})
+    monkeypatch.setattr(executor, "execute", lambda graph, cache, target, events=None: {"report": report})
     assert _build(tmp_path, "--jobs", "2") == 0
 
 

@@ -9,6 +9,8 @@ import onnx
 import pytest
 
 from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Cache
 from pipeline.contract import read_contract
 from pipeline.errors import UserError
@@ -25,7 +27,7 @@ def test_lstm_cell_state_recurrence_at_two_chunk_lengths(tmp_path: Path, tiny_ma
     tiny_checkpoint(Path(tiny_manifest["model"]["checkpoint"]), hidden=32, layers=2)
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **tiny_manifest)))
     keep = {k: v for k, v in graph.nodes.items() if k.startswith(("simplify", "onnx@", "trace"))}
-    built = dag.execute(dag.Graph(list(keep.values())), Cache(cache_dir), "tiny")
+    built = executor.execute(dag.Graph(list(keep.values())), Cache(cache_dir), "tiny")
     for chunk_ms in (20, 40):
         artifact = built[f"simplify@{chunk_ms}ms"].path
         contract = read_contract(artifact)

@@ -26,7 +26,7 @@ from pipeline.verify.records import OUTPUTS_FILE, STREAM_FILE, TEACHER_FILE, tea
 class ReferenceConfig(StageConfig):
     data: StreamData = Field(description="Verification speech.")
     teacher_windows: int = Field(3, ge=1, description="Teacher-forced windows, spread evenly from the start to the end of the stream.")
-    teacher_steps: int = Field(300, ge=1, description="Consecutive calls per teacher-forced window.")
+    teacher_steps: int = Field(200, ge=1, description="Consecutive calls per teacher-forced window.")
 
 
 class ReferenceStage(Stage):

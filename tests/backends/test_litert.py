@@ -16,6 +16,7 @@ import torch
 
 from models.lstm_ctc import StreamingLSTMCTC
 from pipeline import dag
+from pipeline import execute as executor
 from pipeline.cache import Artifact, Cache
 from pipeline.contract import read_contract, write_contract
 from pipeline.errors import ToolchainError
@@ -61,9 +62,9 @@ def manifest(tmp: Path, factory: str, precisions: list[str], **extra) -> dict:
 
 def build(document: dict, path: Path, cache: Path) -> tuple[dict[str, Artifact], dict[str, bool], dag.Graph]:
     hits: dict[str, bool] = {}
-    events = dag.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    events = executor.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
     graph = plan(load_manifest(write_manifest(path, **document)))
-    return dag.execute(graph, Cache(cache), "tiny-android", events), hits, graph
+    return executor.execute(graph, Cache(cache), "tiny-android", events), hits, graph
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Cache
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
@@ -32,7 +33,7 @@ def test_zoo_model_litert_variants(name: str, tmp_path: Path, cache_dir: Path) -
     for section in ("verification", "calibration"):
         manifest[section]["corpus"] = str(REPO / "models" / "corpus")
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **manifest)))
-    built = dag.execute(graph, Cache(cache_dir), manifest["name"])
+    built = executor.execute(graph, Cache(cache_dir), manifest["name"])
     variants = {v["precision"]: v for v in json.loads((built["report"].path / "report.json").read_text())["variants"]}
     for precision, v in variants.items():
         assert v["audio_seconds"] >= 300

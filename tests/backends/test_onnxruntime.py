@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Cache
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
@@ -27,7 +28,7 @@ def test_zoo_model_onnx_path_verifies_over_the_whole_split(name: str, tmp_path: 
         "tolerances": nightly.get("tolerances", {}),  # the model's own documented bounds, if it has any
     }
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **manifest)))
-    built = dag.execute(graph, Cache(cache_dir), manifest["name"])
+    built = executor.execute(graph, Cache(cache_dir), manifest["name"])
     report = json.loads((built["report"].path / "report.json").read_text())
     (variant,) = report["variants"]
     assert report["passed"], variant["failures"]

@@ -66,7 +66,7 @@ def test_calibrated_precisions_need_calibration_data(tmp_path: Path, tiny_manife
 
 def test_adding_a_backend_changes_nothing_outside_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_manifest: dict) -> None:
     """A backend registered by one line plans, verifies and reports through the generic code."""
-    from pipeline import dag
+    from pipeline import execute as executor
     from pipeline.backends import get_backend as cached
     from pipeline.cache import Cache
     from pipeline.manifest import manifest_model
@@ -79,7 +79,7 @@ def test_adding_a_backend_changes_nothing_outside_its_package(monkeypatch: pytes
         tiny_manifest["backends"] = {"mirror": ["fp32"]}
         tiny_manifest["mirror"] = {"note": "options of a backend the pipeline never heard of"}
         graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **tiny_manifest)))
-        built = dag.execute(graph, Cache(tmp_path / "cache"), "tiny")
+        built = executor.execute(graph, Cache(tmp_path / "cache"), "tiny")
         import json
 
         report = json.loads((built["report"].path / "report.json").read_text())

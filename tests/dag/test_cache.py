@@ -9,6 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Artifact, Cache
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
@@ -19,9 +21,9 @@ from tests.conftest import write_manifest
 def build(manifest_path: Path, cache_dir: Path) -> tuple[dict, dict[str, bool]]:
     """Build; return the artifacts and, per node, whether it was a cache hit."""
     hits: dict[str, bool] = {}
-    events = dag.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    events = executor.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
     graph = plan(load_manifest(manifest_path))
-    return dag.execute(graph, Cache(cache_dir), "tiny", events), hits
+    return executor.execute(graph, Cache(cache_dir), "tiny", events), hits
 
 
 def test_second_build_hits_everything(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
@@ -260,14 +262,14 @@ def test_malformed_entry_is_corrupt_and_rebuilt(case: str, cache_dir: Path) -> N
     damage, reason = MALFORMED[case]
     graph = dag.Graph([dag.Node("write", _WriteStage, _WriteConfig())])
     cache = Cache(cache_dir)
-    first = dag.execute(graph, cache, "t")["write"]
+    first = executor.execute(graph, cache, "t")["write"]
     damage(first.path)
     artifact, why = cache.lookup("write", first.key)
     assert artifact is None and why.startswith("corrupt: ") and reason in why, why
     assert not dag.explain(graph, cache, "t")[0].hit
     hits: dict[str, bool] = {}
-    events = dag.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
-    second = dag.execute(graph, cache, "t", events)["write"]
+    events = executor.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    second = executor.execute(graph, cache, "t", events)["write"]
     assert hits == {"write": False}
     assert second.digest == first.digest and (second.path / "payload.txt").read_text() == "hello"
     assert cache.lookup("write", first.key)[1] == "hit"
@@ -277,7 +279,7 @@ def test_malformed_entry_is_corrupt_and_rebuilt(case: str, cache_dir: Path) -> N
 def test_malformed_index_is_no_history_not_a_crash(content: bytes, cache_dir: Path) -> None:
     graph = dag.Graph([dag.Node("write", _WriteStage, _WriteConfig())])
     cache = Cache(cache_dir)
-    dag.execute(graph, cache, "t")
+    executor.execute(graph, cache, "t")
     cache._index_path("t", "write").write_bytes(content)
     assert cache.previous("t", "write") is None
     assert dag.explain(graph, cache, "t")[0].hit

@@ -17,6 +17,8 @@ import pytest
 from pydantic import Field
 
 from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Artifact, Cache
 from pipeline.errors import InternalError, ToolchainError, UserError
 
@@ -116,8 +118,8 @@ class Recorder:
     failed: dict[str, dag.StageFailure] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
 
-    def events(self) -> dag.BuildEvents:
-        return dag.BuildEvents(
+    def events(self) -> executor.BuildEvents:
+        return executor.BuildEvents(
             started=self.started.append,
             finished=lambda node_id, hit, seconds, note: self.finished.__setitem__(node_id, hit),
             failed=self.failed.__setitem__,
@@ -152,7 +154,7 @@ def test_failure_skips_dependents_builds_siblings_and_reaches_the_gather_node(tm
     graph = broken_graph()
     assert graph.order.index("b") < graph.order.index("a"), "the failure must come first to show the build goes on"
     recorder = Recorder()
-    build = dag.execute(graph, Cache(tmp_path / "cache"), "t", recorder.events(), jobs=jobs)
+    build = executor.execute(graph, Cache(tmp_path / "cache"), "t", recorder.events(), jobs=jobs)
 
     assert set(build) == {"a", "e", "report"}
     assert list(build.failures) == [n for n in graph.order if n in {"b", "c", "d"}]
@@ -186,12 +188,12 @@ def test_failure_skips_dependents_builds_siblings_and_reaches_the_gather_node(tm
     [("user", "user", 2), ("toolchain", "toolchain", 4), ("internal", "internal", 3), ("other", "internal", 3)],
 )
 def test_each_exception_maps_to_its_kind_and_exit_code(tmp_path: Path, raises: str, kind: str, exit_code: int) -> None:
-    build = dag.execute(broken_graph(raises, "the message"), Cache(tmp_path / "cache"), "t")
+    build = executor.execute(broken_graph(raises, "the message"), Cache(tmp_path / "cache"), "t")
     failure = build.failures["b"]
     assert (failure.kind, failure.exit_code) == (kind, exit_code)
     assert "the message" in failure.message
     assert build.failures["c"].exit_code == exit_code
-    assert dag.failure_exit_code(build.failures) == exit_code
+    assert executor.failure_exit_code(build.failures) == exit_code
     if kind == "internal":
         assert failure.traceback is not None and "RaiseStage" not in failure.message and "in run" in failure.traceback
     else:
@@ -212,27 +214,27 @@ def test_exit_code_precedence_is_internal_then_user_then_toolchain() -> None:
     def failure(kind: str, code: int) -> dag.StageFailure:
         return dag.StageFailure(kind, "s", kind, "m", code)  # type: ignore[arg-type]
 
-    assert dag.TOOLCHAIN_EXIT_CODE == ToolchainError.exit_code
-    assert dag.failure_exit_code({}) is None
-    assert dag.failure_exit_code({"t": failure("toolchain", 4)}) == 4
-    assert dag.failure_exit_code({"t": failure("toolchain", 4), "u": failure("user", 2)}) == 2
-    assert dag.failure_exit_code({"t": failure("toolchain", 4), "u": failure("user", 2), "i": failure("internal", 3)}) == 3
+    assert executor.TOOLCHAIN_EXIT_CODE == ToolchainError.exit_code
+    assert executor.failure_exit_code({}) is None
+    assert executor.failure_exit_code({"t": failure("toolchain", 4)}) == 4
+    assert executor.failure_exit_code({"t": failure("toolchain", 4), "u": failure("user", 2)}) == 2
+    assert executor.failure_exit_code({"t": failure("toolchain", 4), "u": failure("user", 2), "i": failure("internal", 3)}) == 3
 
 
 def test_keyboard_interrupt_still_stops_the_build(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        dag.execute(broken_graph("interrupt"), Cache(tmp_path / "cache"), "t")
+        executor.execute(broken_graph("interrupt"), Cache(tmp_path / "cache"), "t")
 
 
 def test_jobs_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(InternalError, match="jobs must be an integer >= 1, got 0"):
-        dag.execute(diamond(), Cache(tmp_path / "cache"), "t", jobs=0)
+        executor.execute(diamond(), Cache(tmp_path / "cache"), "t", jobs=0)
 
 
 def test_parallel_build_makes_the_same_artifacts_as_a_sequential_one(tmp_path: Path) -> None:
-    sequential = dag.execute(diamond(), Cache(tmp_path / "one"), "t", jobs=1)
+    sequential = executor.execute(diamond(), Cache(tmp_path / "one"), "t", jobs=1)
     recorder = Recorder()
-    parallel = dag.execute(diamond(), Cache(tmp_path / "two"), "t", recorder.events(), jobs=2)
+    parallel = executor.execute(diamond(), Cache(tmp_path / "two"), "t", recorder.events(), jobs=2)
     assert {n: a.digest for n, a in parallel.items()} == {n: a.digest for n, a in sequential.items()}
     assert len(parallel) == 4 and not parallel.failures
     for node_id in sequential:
@@ -252,7 +254,7 @@ def test_independent_stages_run_at_the_same_time_in_separate_workers(tmp_path: P
         dag.Node("left", BarrierStage, BarrierConfig(rendezvous=str(rendezvous), me="left", peer="right")),
         dag.Node("right", BarrierStage, BarrierConfig(rendezvous=str(rendezvous), me="right", peer="left")),
     ]
-    build = dag.execute(dag.Graph(nodes), Cache(tmp_path / "cache"), "t", jobs=2)
+    build = executor.execute(dag.Graph(nodes), Cache(tmp_path / "cache"), "t", jobs=2)
     assert not build.failures, {n: f.message for n, f in build.failures.items()}
     workers = [json.loads((build[n].path / "worker.json").read_text()) for n in ("left", "right")]
     pids = {w["pid"] for w in workers}
@@ -263,12 +265,12 @@ def test_independent_stages_run_at_the_same_time_in_separate_workers(tmp_path: P
 
 def test_gather_key_follows_the_failure_message_and_is_unchanged_without_failures(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
-    first = dag.execute(broken_graph(message="op GRU has no kernel"), cache, "t")
+    first = executor.execute(broken_graph(message="op GRU has no kernel"), cache, "t")
     recorder = Recorder()
-    again = dag.execute(broken_graph(message="op GRU has no kernel"), cache, "t", recorder.events())
+    again = executor.execute(broken_graph(message="op GRU has no kernel"), cache, "t", recorder.events())
     assert again["report"].key == first["report"].key and recorder.finished["report"] is True
     assert "b" in recorder.failed and "b" in recorder.started  # failures are not cached: b runs again
-    changed = dag.execute(broken_graph(message="op LSTM has no kernel"), cache, "t")
+    changed = executor.execute(broken_graph(message="op LSTM has no kernel"), cache, "t")
     assert changed["report"].key != first["report"].key
     failed_inputs = json.loads((changed["report"].path / "key.json").read_text())["failed_inputs"]
     assert failed_inputs["b"] == {
@@ -278,7 +280,7 @@ def test_gather_key_follows_the_failure_message_and_is_unchanged_without_failure
     assert failed_inputs["d"]["cause"] == "b" and failed_inputs["d"]["kind"] == "skipped"
     # with nothing failed, the gather node's key is made exactly as any other node's
     fixed = dag.Graph([text("a"), dag.Node("report", GatherStage, GatherConfig(), (("a", "a"),), gather=True)])
-    built = dag.execute(fixed, cache, "t")
+    built = executor.execute(fixed, cache, "t")
     document = json.loads((built["report"].path / "key.json").read_text())
     assert "failed_inputs" not in document
     assert built["report"].key == dag.key_of(dag.key_document(fixed.nodes["report"], {"a": built["a"].digest}))
@@ -287,7 +289,7 @@ def test_gather_key_follows_the_failure_message_and_is_unchanged_without_failure
 def test_explain_names_the_input_that_failed_in_the_last_build(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     graph = broken_graph(raises="user", message="checkpoint is empty")
-    dag.execute(graph, cache, "t")
+    executor.execute(graph, cache, "t")
     statuses = {s.node_id: s for s in dag.explain(graph, cache, "t")}
     assert statuses["a"].hit and statuses["e"].hit
     assert statuses["b"].reasons == ("failed in the last build (user): m.yaml: model.checkpoint: checkpoint is empty",)
@@ -299,9 +301,9 @@ def test_explain_names_the_input_that_failed_in_the_last_build(tmp_path: Path) -
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_second_execute_is_all_hits(tmp_path: Path, jobs: int) -> None:
     cache = Cache(tmp_path / "cache")
-    first = dag.execute(diamond(), cache, "t", jobs=jobs)
+    first = executor.execute(diamond(), cache, "t", jobs=jobs)
     recorder = Recorder()
-    second = dag.execute(diamond(), cache, "t", recorder.events(), jobs=jobs)
+    second = executor.execute(diamond(), cache, "t", recorder.events(), jobs=jobs)
     assert recorder.started == [] and recorder.finished == {n: True for n in diamond().order}
     assert {n: a.digest for n, a in second.items()} == {n: a.digest for n, a in first.items()}
     assert all(s.hit for s in dag.explain(diamond(), cache, "t"))
@@ -309,6 +311,6 @@ def test_second_execute_is_all_hits(tmp_path: Path, jobs: int) -> None:
 
 def test_gather_node_without_failures_sees_none(tmp_path: Path) -> None:
     graph = dag.Graph([text("a"), dag.Node("report", GatherStage, GatherConfig(), (("a", "a"),), gather=True)])
-    build = dag.execute(graph, Cache(tmp_path / "cache"), "t")
+    build = executor.execute(graph, Cache(tmp_path / "cache"), "t")
     assert json.loads((build["report"].path / "summary.json").read_text()) == {"built": {"a": "a"}, "failed": {}}
 

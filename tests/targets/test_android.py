@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Cache
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
@@ -14,7 +15,7 @@ from tests.conftest import REPO
 
 def test_android_target_meets_acceptance_and_rebuilds_nothing(cache_dir: Path) -> None:
     graph = plan(load_manifest(REPO / "targets" / "android.yaml"))
-    built = dag.execute(graph, Cache(cache_dir), "android")
+    built = executor.execute(graph, Cache(cache_dir), "android")
     report = json.loads((built["report"].path / "report.json").read_text())
     variants = {v["precision"]: v for v in report["variants"]}
     assert set(variants) == {"fp32", "fp16", "int8", "int16x8"}
@@ -36,5 +37,5 @@ def test_android_target_meets_acceptance_and_rebuilds_nothing(cache_dir: Path) -
     assert {b["dtype"] for b in contract["bindings"].values()} == {"float32"}
 
     hits: dict[str, bool] = {}
-    dag.execute(graph, Cache(cache_dir), "android", dag.BuildEvents(finished=lambda n, hit, s, note: hits.__setitem__(n, hit)))
+    executor.execute(graph, Cache(cache_dir), "android", executor.BuildEvents(finished=lambda n, hit, s, note: hits.__setitem__(n, hit)))
     assert all(hits.values()), [n for n, hit in hits.items() if not hit]

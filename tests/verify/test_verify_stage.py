@@ -11,6 +11,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pipeline import dag
+
+from pipeline import execute as executor
 from pipeline.cache import Artifact, Cache
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
@@ -22,7 +24,7 @@ def test_onnx_export_matches_pytorch_within_1e5_over_3000_steps(tmp_path: Path, 
     tiny_manifest["verification"]["max_seconds"] = 70
     tiny_manifest["tolerances"] = {"fp32": {"max_abs": 1e-5}}
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **tiny_manifest)))
-    built = dag.execute(graph, Cache(cache_dir), "tiny")
+    built = executor.execute(graph, Cache(cache_dir), "tiny")
     (variant,) = json.loads((built["report"].path / "report.json").read_text())["variants"]
     assert variant["steps"] >= 3000
     assert variant["outputs"]["logits"]["max_abs"] < 1e-5, variant["outputs"]
@@ -31,7 +33,7 @@ def test_onnx_export_matches_pytorch_within_1e5_over_3000_steps(tmp_path: Path, 
 
 def test_default_onnx_target_matches_pytorch_over_minutes(tmp_path: Path, cache_dir: Path) -> None:
     graph = plan(load_manifest(REPO / "targets" / "onnx.yaml"))
-    built = dag.execute(graph, Cache(cache_dir), "onnx")
+    built = executor.execute(graph, Cache(cache_dir), "onnx")
     report = json.loads((built["report"].path / "report.json").read_text())
     (variant,) = report["variants"]
     assert report["passed"], variant["failures"]
@@ -59,7 +61,7 @@ def _scale_output(source: Path, destination: Path, output: str, factor: float) -
 def test_verify_catches_state_drift_a_per_call_check_would_pass(tmp_path: Path, tiny_manifest: dict, cache_dir: Path) -> None:
     tiny_manifest["verification"]["max_seconds"] = 60
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **tiny_manifest)))
-    built = dag.execute(graph, Cache(cache_dir), "tiny")
+    built = executor.execute(graph, Cache(cache_dir), "tiny")
     node = graph.nodes["verify:onnxruntime-fp32@20ms"]
     _scale_output(built["simplify@20ms"].path, tmp_path / "drifting", "c_out", 1.002)
     inputs = {role: built[dep] for role, dep in node.inputs}
