@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -78,12 +79,26 @@ def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     return state
 
 
+def torch_module() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
 def build_model(ref: ModelRef) -> "torch.nn.Module":
     factory = import_factory(ref)
     try:
         model = factory(**ref.kwargs)
     except TypeError as exc:
         raise UserError(f"{ref.factory}(**{ref.kwargs}) failed: {exc}", where="model.kwargs") from None
+    except Exception as exc:  # the user's own code raised: their input to fix, not a bug in speechport
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise UserError(
+            f"{ref.factory}(**{ref.kwargs}) raised {type(exc).__name__}: {exc} (at {frame.filename}:{frame.lineno})",
+            where="model.factory",
+        ) from None
+    if not isinstance(model, torch_module()):
+        raise UserError(f"{ref.factory} returned {type(model).__name__}, expected a torch.nn.Module", where="model.factory")
     state = load_state_dict(ref.checkpoint)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

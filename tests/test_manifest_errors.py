@@ -113,3 +113,16 @@ def test_manifest_file_missing_or_not_yaml(tmp_path: Path, capsys: pytest.Captur
     broken.write_text("name: [unclosed\n")
     assert main(["build", str(broken)]) == 2
     assert "broken.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def raising_factory(**kwargs):
+    raise ValueError("hidden must be a multiple of 8")
+
+
+def test_a_factory_that_raises_is_the_users_error_naming_factory_and_line(tmp_path: Path, tiny_manifest: dict, cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny_manifest["model"]["factory"] = "tests.test_manifest_errors:raising_factory"
+    path = write_manifest(tmp_path / "bad.yaml", **tiny_manifest)
+    assert main(["build", str(path), "--out", str(tmp_path / "out"), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "model.factory" in err and "ValueError: hidden must be a multiple of 8" in err and "test_manifest_errors.py:" in err, err
+    assert "bug in speechport" not in err
