@@ -195,17 +195,12 @@ def report_failures(failures: Iterable[Any], manifest_path: str) -> int | None:
             print(f"speechport: internal error in {failure.node_id} (stage {failure.stage}): {failure.message}", file=sys.stderr)
     for cause, nodes in skipped.items():
         print(f"speechport: skipped {len(nodes)} stage(s) that need {cause}: {', '.join(nodes)}", file=sys.stderr)
-    kinds = {failure.kind for failure in failures}
-    if kinds - {"user", "toolchain", "skipped"}:  # "internal", or a kind this CLI does not know: both bugs
+    from pipeline.execute import failure_exit_code
+
+    code = failure_exit_code({failure.node_id: failure for failure in failures})
+    if code == InternalError.exit_code:
         print(BUG_LINE, file=sys.stderr)
-        return InternalError.exit_code
-    if "user" in kinds:
-        return UserError.exit_code
-    if "toolchain" in kinds:
-        return ToolchainError.exit_code
-    if kinds:
-        raise InternalError(f"stages were skipped but no failure caused it: {sorted(skipped)}")
-    return None
+    return code
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
