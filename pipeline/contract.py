@@ -36,6 +36,12 @@ class Binding(Strict):
     quantization: Quantization | None = Field(None, description="Set when the artifact takes or gives integers.")
 
 
+class ExportRoute(Strict):
+    route: Literal["torch.export", "torch.jit.trace"] = Field(description="How the PyTorch model was captured as a graph.")
+    reason: str | None = Field(None, description="Why the fallback route was taken, when it was.")
+    adapters: tuple[str, ...] = Field((), description="Layers swapped for an equivalent formulation before capture (checked numerically).")
+
+
 class Contract(Strict):
     schema_version: int = Field(1, alias="schema", description="Contract format version.")
     target: str = Field(description="Manifest target that produced the artifact.")
@@ -46,6 +52,7 @@ class Contract(Strict):
     stream: StreamSpec = Field(description="Frontend, chunk, inputs, state pairs, outputs and decoder.")
     bindings: dict[str, Binding] = Field(description="Contract tensor name -> how it appears in the artifact.")
     usage: tuple[str, ...] = Field((), description="The streaming loop, step by step, for an app developer.")
+    export: ExportRoute | None = Field(None, description="How the graph this artifact derives from was captured from PyTorch.")
 
     def binding(self, name: str) -> Binding:
         return self.bindings[name]

@@ -13,7 +13,7 @@ from pipeline.audio.frontend import stream_chunks
 from pipeline.cache import digest_files
 from pipeline.dag import StageConfig
 from pipeline.errors import UserError
-from pipeline.spec import StreamSpec
+from pipeline.spec import InputSpec, StreamSpec
 
 
 class StreamData(StageConfig):
@@ -61,8 +61,30 @@ def speech_stream(corpus_dir: Path, split: str, spec: StreamSpec, max_seconds: f
         audio, speech = audio[: ends[count - 1]], speech[: ends[count - 1]]
         text = " ".join(u.text for u in utterances[:count] if u.text)
     target = spec.inputs[0]
-    chunks = [{target.name: c.reshape(target.shape)} for c in stream_chunks(audio, spec.frontend, spec.chunk_samples)]
+    chunks = [{target.name: to_input_layout(c, target)} for c in stream_chunks(audio, spec.frontend, spec.chunk_samples)]
     return SpeechStream(audio=audio, text=text, speech=speech, chunks=chunks)
+
+
+def to_input_layout(chunk: np.ndarray, target: InputSpec) -> np.ndarray:
+    """A frontend chunk ([frames, features], or [samples]) in the model's declared input layout.
+
+    Frames go to the input's `time_axis` and features to its one other axis longer than 1, so a model
+    taking [1, frames, mels], [1, mels, frames] or [frames, mels] gets what it declared.
+    """
+    shape, rank = tuple(target.shape), len(target.shape)
+    if chunk.ndim == 1 or chunk.size != int(np.prod(shape)):
+        return chunk.reshape(shape)
+    frames, features = chunk.shape
+    feature_axes = [a for a in range(rank) if a != target.time_axis and shape[a] != 1]
+    if shape[target.time_axis] != frames or len(feature_axes) != 1 or shape[feature_axes[0]] != features:
+        raise UserError(
+            f"input {target.name!r} declares shape {list(shape)} with time_axis {target.time_axis}; the frontend gives "
+            f"{frames} frames of {features} features per chunk",
+            where="io.inputs",
+            hint="put the frames on time_axis and the features on one other axis",
+        )
+    expanded = chunk.reshape(frames, features, *([1] * (rank - 2)))
+    return np.ascontiguousarray(np.moveaxis(expanded, [0, 1], [target.time_axis, feature_axes[0]]).reshape(shape))
 
 
 def frame_labels(speech: np.ndarray, frames: int, hop: int) -> np.ndarray:

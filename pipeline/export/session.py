@@ -1,4 +1,4 @@
-"""The PyTorch reference: the traced TorchScript module, run eagerly on the CPU."""
+"""The PyTorch reference: the trace stage's ExportedProgram (or its TorchScript fallback), on the CPU."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ class TorchSession(StreamingSession):
         torch.set_num_threads(threads)
         super().__init__(artifact_dir, threads)
         self._torch = torch
-        self._module = torch.jit.load(str(self.artifact_dir / self.contract.artifact), map_location="cpu").eval()
+        path = self.artifact_dir / self.contract.artifact
+        if path.suffix == ".pt2":
+            self._module = torch.export.load(str(path)).module()
+        else:
+            self._module = torch.jit.load(str(path), map_location="cpu").eval()
         self._inputs = [self.contract.bindings[n].name for n in self.spec.input_names]
         self._outputs = [self.contract.bindings[n].name for n in self.spec.output_names]
 
     def _invoke(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        with torch.no_grad():
+        with torch.inference_mode():
             results = self._module(*(torch.from_numpy(feeds[name]) for name in self._inputs))
         return {name: value.numpy() for name, value in zip(self._outputs, results)}

@@ -1,12 +1,16 @@
 """trace: load the model, hold it to its declared streaming I/O, check streaming == batch, and
-freeze the explicit-state forward with torch.jit.trace.
+capture the explicit-state forward as a graph: an ExportedProgram (`torch.export`), or, only
+when that fails, a TorchScript trace; the contract says which route made it and why.
 
-The traced module is the PyTorch reference every backend is compared with, and the input of
-the ONNX export, so every downstream stage starts from exactly the same graph.
+Standard recurrent layers are first swapped for adapters with the same parameters
+(`adapters.py`), checked against the original model on real chunks. The captured graph is the
+PyTorch reference every backend is compared with and the input of the ONNX export, so every
+downstream stage starts from exactly the same graph.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +18,14 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.cache import Artifact
-from pipeline.contract import Contract, identity_bindings, usage_steps, write_contract
+from pipeline.contract import Contract, ExportRoute, identity_bindings, usage_steps, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import UserError
 from pipeline.manifest import ModelRef
 from pipeline.spec import StreamSpec
 
-ARTIFACT = "model.pt"
+PROGRAM = "model.pt2"  # torch.export.save
+SCRIPT = "model.pt"  # the TorchScript fallback
 
 
 class TraceConfig(StageConfig):
@@ -135,9 +140,92 @@ def write_model_tolerances(model: Any, out: Path) -> None:
     (out / MODEL_TOLERANCES_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
+def check_against(model: Any, captured: Any, spec: StreamSpec, what: str, atol: float) -> None:
+    """`captured` must reproduce eager `model` chunk by chunk on real values, each carrying the model's state."""
+    import torch
+
+    from pipeline.model import initial_state
+
+    state = [torch.from_numpy(v) for v in initial_state(spec).values()]
+    with torch.no_grad():
+        for chunk in _example_chunks(spec, 8):
+            eager = model(*map(torch.from_numpy, chunk), *state)
+            got = captured(*map(torch.from_numpy, chunk), *state)
+            for name, a, b in zip(spec.output_names, eager, got):
+                allowed = atol * max(1.0, float(a.abs().max()))
+                if tuple(a.shape) != tuple(b.shape) or not float((a - b).abs().max()) <= allowed:
+                    difference = float((a - b).abs().max()) if a.shape == b.shape else f"shape {tuple(b.shape)}"
+                    raise UserError(
+                        f"{what} does not reproduce eager output {name!r} (max diff {difference}, allowed {allowed:.3g}); "
+                        "forward may have data-dependent control flow",
+                        where="model.forward",
+                    )
+            state = list(eager[len(spec.outputs):])
+
+
+def _user_frame(text: str) -> str | None:
+    """The last `File "...", line N, in fn` of the user's own code in an exporter's message or traceback."""
+    frames = [m for m in re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text) if "site-packages" not in m[0] and "/pipeline/" not in m[0]]
+    return f"{frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else None
+
+
+def _failed_op(text: str) -> str | None:
+    found = re.findall(r"(aten(?:::|\.)\w+)", text)
+    return found[-1].replace(".", "::", 1) if found else None
+
+
+def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: str) -> tuple[ExportRoute, str]:
+    """torch.export, else torch.jit.trace; every exporter's full output goes to a log whose path a failure names."""
+    import contextlib
+    import io
+    import tempfile
+    import traceback
+
+    import torch
+
+    log_dir = Path(tempfile.gettempdir()) / "speechport-logs"
+    log_dir.mkdir(exist_ok=True)
+    log_path = log_dir / f"{node_id.replace('/', '_')}.log"
+    transcript = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(transcript), contextlib.redirect_stderr(transcript):
+            program = torch.export.export(model, example)
+        check_against(model, program.module(), spec, "the ExportedProgram", atol=1e-5)
+        torch.export.save(program, str(out / PROGRAM))
+        return ExportRoute(route="torch.export"), PROGRAM
+    except UserError:
+        raise
+    except Exception:
+        export_failure = traceback.format_exc()
+        transcript.write(export_failure)
+    reason = " ".join(export_failure.strip().splitlines()[-1].split())[:300]
+    try:
+        with contextlib.redirect_stdout(transcript), contextlib.redirect_stderr(transcript), torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+        check_against(model, traced, spec, "torch.jit.trace", atol=1e-6)
+    except UserError:
+        raise
+    except Exception:
+        transcript.write(traceback.format_exc())
+        log_path.write_text(transcript.getvalue())
+        text = transcript.getvalue()
+        where, op = _user_frame(text), _failed_op(text)
+        raise UserError(
+            f"the model could not be captured as a graph: torch.export failed ({reason}), and torch.jit.trace failed too"
+            + (f"; failing op {op}" if op else "")
+            + (f" at {where}" if where else "")
+            + f". Full exporter output: {log_path}",
+            where="model.forward",
+            hint="write the failing layer with static shapes and slices, or see docs/bring-your-own-model.md",
+        ) from None
+    traced.save(str(out / SCRIPT))
+    strip_provenance(out / SCRIPT)
+    return ExportRoute(route="torch.jit.trace", reason=reason), SCRIPT
+
+
 class TraceStage(Stage):
     name = "trace"
-    version = "3"
+    version = "4"
     tools = ("torch", "numpy")
     Config = TraceConfig
 
@@ -145,6 +233,7 @@ class TraceStage(Stage):
     def run(cls, config: TraceConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         import torch
 
+        from pipeline.export.adapters import adapt
         from pipeline.model import build_model, check_io, initial_state, resolve_spec
 
         torch.manual_seed(0)
@@ -155,24 +244,15 @@ class TraceStage(Stage):
         worst = check_streaming_matches_batch(model, spec, config.consistency_chunks, config.consistency_atol)
         ctx.log(f"streaming vs batch max abs difference: {worst if worst is not None else 'no forward_batch'}")
 
-        example = [torch.zeros(i.shape) for i in spec.inputs] + [torch.from_numpy(v) for v in initial_state(spec).values()]
-        with torch.no_grad():
-            traced = torch.jit.trace(model, tuple(example), check_trace=False)
-            # the trace must reproduce eager on real values, not only on the zeros it was traced with
-            state = [torch.from_numpy(v) for v in initial_state(spec).values()]
-            for chunk in _example_chunks(spec, 8):
-                eager = model(*map(torch.from_numpy, chunk), *state)
-                frozen = traced(*map(torch.from_numpy, chunk), *state)
-                for name, a, b in zip(spec.output_names, eager, frozen):
-                    if not torch.allclose(a, b, atol=1e-6, rtol=0):
-                        raise UserError(
-                            f"torch.jit.trace does not reproduce eager output {name!r} (max diff "
-                            f"{float((a - b).abs().max()):.3g}); forward has data-dependent control flow",
-                            where="model.forward",
-                        )
-                state = list(eager[len(spec.outputs):])
-        traced.save(str(out / ARTIFACT))
-        strip_provenance(out / ARTIFACT)
+        adapted, adapters = adapt(model)
+        for line in adapters:
+            ctx.log(f"adapter: {line}")
+        if adapters:
+            check_against(model, adapted, spec, f"the adapted model ({'; '.join(adapters)})", atol=1e-5)
+        example = tuple([torch.zeros(i.shape) for i in spec.inputs] + [torch.from_numpy(v) for v in initial_state(spec).values()])
+        route, artifact = capture(adapted, example, spec, out, ctx.node_id)
+        ctx.log(f"captured with {route.route}" + (f" (torch.export failed: {route.reason})" if route.reason else ""))
+        route = route.model_copy(update={"adapters": tuple(adapters)})
         write_model_tolerances(model, out)
         write_contract(
             out,
@@ -181,9 +261,10 @@ class TraceStage(Stage):
                 model=config.factory,
                 backend="torch",
                 precision="fp32",
-                artifact=ARTIFACT,
+                artifact=artifact,
                 stream=spec,
                 bindings=identity_bindings(spec),
                 usage=usage_steps(spec),
+                export=route,
             ),
         )

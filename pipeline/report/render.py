@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -62,6 +63,17 @@ def render_markdown(report: dict) -> str:
     waived = [(v["name"], bound, reason) for v in verified for bound, reason in v.get("waived", {}).items()]
     if waived:
         lines += ["", "## Bounds removed by the target", ""] + [f"- `{name}`: `{bound}` not applied: {reason}" for name, bound, reason in waived]
+    routes = sorted({(v["chunk_ms"], json.dumps(v["export"], sort_keys=True)) for v in verified if v.get("export")})
+    if routes:
+        lines += ["", "## How the model was captured", ""]
+        for chunk_ms, text in routes:
+            route = json.loads(text)
+            line = f"- {chunk_ms} ms chunks: `{route['route']}`"
+            if route.get("reason"):
+                line += f" (torch.export failed: {route['reason']})"
+            if route.get("adapters"):
+                line += "; adapters, each checked against the original: " + "; ".join(route["adapters"])
+            lines.append(line)
     if report.get("reference_cer") is not None:
         lines += ["", f"PyTorch reference CER against the ground truth: {report['reference_cer']:.4f}."]
     lines += [

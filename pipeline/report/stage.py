@@ -52,7 +52,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "3"
+    version = "4"
     tools = ("matplotlib",)
     Config = ReportConfig
 

@@ -87,7 +87,7 @@ def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "3"
+    version = "4"
     tools = ("numpy",)
     Config = VerifyConfig
 
@@ -159,6 +159,7 @@ class VerifyStage(Stage):
                 "teacher_forced_steps": summary["teacher_forced_steps"],
                 "drift": {name: m["drift"] for name, m in metrics.items()},
                 "window_seconds": config.window_seconds,
+                "export": contract.export.model_dump() if contract.export is not None else None,
                 "tolerance": tolerance.model_dump(exclude_none=True),
                 "waived": tolerance.waived,
                 "failures": failures,

@@ -126,7 +126,7 @@ def test_split_is_legalized_into_slices_that_match(tmp_path: Path) -> None:
     report = json.loads((after / "legalize.json").read_text())
     # one Split per frame of the 20 ms chunk
     assert report["ops_before"].get("Split") == 2 and "Split" not in report["ops_after"], report
-    assert report["rewrites"]["split_to_slice"]["nodes"] == ["/Split", "/Split_1"]
+    assert report["rewrites"]["split_to_slice"]["fired"] == 2 and len(set(report["rewrites"]["split_to_slice"]["nodes"])) == 2
     assert max(stream_pair(before, after, 300).values()) <= 1e-6
     ops = json.loads((built["tflite-fp32@20ms"].path / "ops.json").read_text())
     assert ops["custom_ops"] == [], ops["histogram"]
@@ -183,7 +183,7 @@ def test_tflite_cache_hits_and_a_precision_option_misses_only_its_node(tiny_targ
     assert all(hits.values()), hits
 
     legalized = onnx.load(str(tiny_target["built"]["legalize@20ms"].path / "model.onnx"))
-    cell_update = next(n.name for n in legalized.graph.node if n.op_type == "Add" and "Mul" in "".join(n.input))
+    cell_update = next(n.name for n in legalized.graph.node if n.op_type == "Add" and "mul" in "".join(n.input).lower())
     changed = {**document, "litert": {"keep_float": {"int8": [cell_update]}}}
     built, hits, _ = build(changed, tmp / "m.yaml", tmp / "cache")
     assert {node for node, hit in hits.items() if not hit} == {"tflite-int8@20ms", "verify:litert-int8@20ms", "report"}

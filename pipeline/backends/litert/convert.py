@@ -33,6 +33,14 @@ class ConvertConfig(StageConfig):
     timeout_seconds: int = Field(1800, gt=0, description="Longest the onnx2tf run may take.")
 
 
+def multidimensional_inputs(onnx_path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers and len(i.type.tensor_type.shape.dim) >= 3]
+
+
 def run_onnx2tf(onnx_path: Path, workdir: Path, timeout: int, where: str) -> tuple[Path, str]:
     """onnx2tf on a private copy of the graph; returns its output folder and its debug log."""
     variant = f"litert@{where}"
@@ -40,6 +48,12 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, timeout: int, where: str) -> tup
     shutil.copyfile(onnx_path, private)  # onnx2tf rewrites its input in place (it names unnamed nodes)
     # -osd: a SavedModel signature for the quantizer; -nuo: the graph is simplified already (and onnxsim is absent)
     command = [sys.executable, "-m", "onnx2tf", "-i", private.name, "-o", SAVED_MODEL_DIR, "-osd", "-nuo", "-v", "debug"]
+    # onnx2tf takes every 3-D+ graph input for channels-first and transposes it; a [1, frames, dim] KV cache concatenated
+    # with a freshly computed [1, 2, dim] then fails to convert. Kept in ONNX layout (-kat), the inputs arrive as the model
+    # wrote them; whatever layout the outputs come out in, the binding records it and the session feeds it back through it.
+    kept = multidimensional_inputs(onnx_path)
+    if kept:
+        command += ["-kat", *kept]
     done = run_tool(command, workdir, timeout, "onnx2tf", variant, where)
     output = workdir / SAVED_MODEL_DIR
     log = ANSI_ESCAPE.sub("", done.stdout + "\n" + done.stderr)
@@ -70,7 +84,7 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, timeout: int, where: str) -> tup
 
 class ConvertStage(Stage):
     name = "onnx2tf"
-    version = "1"
+    version = "2"
     tools = ("onnx2tf", "tensorflow", "tf_keras", "onnx")
     Config = ConvertConfig
 

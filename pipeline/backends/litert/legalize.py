@@ -18,6 +18,10 @@ an equivalent that lowers to builtin ops:
   MEAN/SUB/MUL/ADD/RSQRT, all with int8 and int16 kernels. An all-zero bias is dropped rather
   than added: a constant quantized to scale 0 aborts LiteRT's ADD/SUB preparation.
 
+- `logsoftmax_to_primitives`: `LogSoftmax` -> `Log(Max(Softmax(x), 1e-30))`. LiteRT has no int16x8
+  kernel for LOG_SOFTMAX ("Quantization to 16x8-bit not yet supported"); SOFTMAX, MAXIMUM and LOG
+  have. (Without the floor, TensorFlow's converter fuses log(softmax) back into LOG_SOFTMAX.)
+
 The rewritten graph is streamed against its input graph on onnxruntime, each with its own state,
 before it is published; `legalize.json` records which rewrites fired on which nodes.
 """
@@ -44,12 +48,13 @@ if TYPE_CHECKING:
     import onnx
 
 REPORT_FILE = "legalize.json"
-RewriteName = Literal["split_to_slice", "conv1d_2d_to_nwc", "layernorm_to_primitives"]
+RewriteName = Literal["split_to_slice", "conv1d_2d_to_nwc", "layernorm_to_primitives", "logsoftmax_to_primitives"]
 
 
 class LegalizeConfig(StageConfig):
     rewrites: tuple[RewriteName, ...] = Field(
-        ("split_to_slice", "conv1d_2d_to_nwc", "layernorm_to_primitives"), description="Rewrites to apply, in this order."
+        ("split_to_slice", "conv1d_2d_to_nwc", "layernorm_to_primitives", "logsoftmax_to_primitives"),
+        description="Rewrites to apply, in this order.",
     )
     check_chunks: int = Field(200, gt=0, description="Chunks streamed through both graphs to check the rewrites.")
     check_atol: float = Field(1e-5, ge=0, description="Largest output difference the rewrites may introduce.")
@@ -195,10 +200,40 @@ def layernorm_to_primitives(g: GraphEdit) -> list[str]:
     return fired
 
 
+def logsoftmax_to_primitives(g: GraphEdit) -> list[str]:
+    """LogSoftmax -> Log(Max(Softmax(x), 1e-30)) over the same axis."""
+    fired = []
+    for node in [n for n in g.graph.node if n.op_type == "LogSoftmax"]:
+        rank = len(g.shapes.get(node.input[0], ()))
+        if not rank:
+            continue
+        axis = int(g.attr(node, "axis", -1)) % rank
+        base, x = node.name or "LogSoftmax", node.input[0]
+
+        def unary(op: str, tensor: str, label: str) -> str:
+            result = g.fresh(f"{base}/{label}")
+            g.node(op, [tensor], [result], f"{base}/{label}", **({"axis": axis} if op == "Softmax" else {}))
+            return result
+
+        # TensorFlow's converter fuses both x - log(sum(exp(x))) and log(softmax(x)) back into LOG_SOFTMAX; a floor
+        # far below any float32 softmax value (which is >= exp(-88) or exactly 0) keeps the ops apart
+        from onnx import numpy_helper
+
+        floor = g.fresh(f"{base}/floor")
+        g.graph.initializer.append(numpy_helper.from_array(np.array(1e-30, dtype=np.float32), floor))
+        floored = g.fresh(f"{base}/floored")
+        g.node("Max", [unary("Softmax", x, "softmax"), floor], [floored], f"{base}/floor")
+        g.node("Log", [floored], [node.output[0]], f"{base}/log")
+        g.remove([node])
+        fired.append(node.name)
+    return fired
+
+
 REWRITES: dict[str, Callable[[GraphEdit], list[str]]] = {
     "split_to_slice": split_to_slice,
     "conv1d_2d_to_nwc": conv1d_2d_to_nwc,
     "layernorm_to_primitives": layernorm_to_primitives,
+    "logsoftmax_to_primitives": logsoftmax_to_primitives,
 }
 
 
@@ -218,7 +253,7 @@ def op_histogram(model: "onnx.ModelProto") -> dict[str, int]:
 
 class LegalizeStage(Stage):
     name = "legalize"
-    version = "1"
+    version = "2"
     tools = ("onnx", "onnxruntime")
     Config = LegalizeConfig
 

@@ -22,7 +22,8 @@ class LiteRtOptions(BaseModel):
     )
     keep_float: dict[Literal["int8"], tuple[str, ...]] = Field(
         default_factory=dict,
-        description="int8 only: ONNX node names whose ops stay float (selective quantization), e.g. a recurrent "
+        description="int8 only: ONNX node names (or shell-style patterns, e.g. node_Conv_*) whose ops stay float "
+        "(selective quantization), e.g. a recurrent "
         "cell-state update that 8 bits cannot hold. (TensorFlow's selective quantization silently makes int8 of an "
         "int16x8 file, so int16x8 takes no list.)",
     )

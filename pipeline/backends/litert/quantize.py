@@ -156,7 +156,10 @@ def _quantize(request: QuantizeRequest) -> bytes:
 
 
 def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers: dict[str, str], graph_outputs: dict[str, str]) -> tuple[str, ...]:
-    """keep_float entries (ONNX node, ONNX output or TFLite tensor names) -> output tensors of the float model's ops."""
+    """keep_float entries (ONNX node, ONNX output or TFLite tensor names, or shell-style patterns of them such as
+    `node_Conv_*`, since exporters number nodes by graph size) -> output tensors of the float model's ops."""
+    from fnmatch import fnmatchcase
+
     from ai_edge_litert.interpreter import Interpreter
 
     ops = attribute_ops(read_ops(float_flatbuffer), layers)
@@ -164,9 +167,14 @@ def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers:
     tensor_names = {d["index"]: d["name"] for d in Interpreter(model_content=float_flatbuffer).get_output_details()}
     tensors: list[str] = []
     for name in names:
-        hits = [o for op in ops if name in op.outputs or any(n.rsplit(" (", 1)[0] == name for n in op.onnx_nodes) for o in op.outputs]
-        if not hits and name in graph_outputs:  # graph outputs are named by the signature, not after a layer
-            hits = [tensor_names[signature[graph_outputs[name]]]]
+        hits = [
+            o
+            for op in ops
+            if any(fnmatchcase(t, name) for t in op.outputs) or any(fnmatchcase(n.rsplit(" (", 1)[0], name) for n in op.onnx_nodes)
+            for o in op.outputs
+        ]
+        if not hits:  # graph outputs are named by the signature, not after a layer
+            hits = [tensor_names[signature[key]] for output, key in graph_outputs.items() if fnmatchcase(output, name)]
         if not hits:
             known = sorted({n.rsplit(" (", 1)[0] for op in ops for n in op.onnx_nodes})
             raise _Failure(

@@ -69,7 +69,7 @@ class TfliteStage(Stage):
         source, converted = inputs["model"].path, inputs["converted"].path
         contract = read_contract(source)
         spec = contract.stream
-        variant, where = f"litert-{config.precision}@{spec.chunk_ms}ms", f"stage {ctx.node_id}"
+        variant, where = f"litert-{config.precision}@{spec.chunk_ms}ms", ctx.node_id
         quantized = config.precision in QUANTIZED
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
