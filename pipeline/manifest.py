@@ -32,15 +32,40 @@ class ModelRef(Strict):
     python_path: tuple[Path, ...] = Field((), description="Extra directories put on sys.path before importing the factory.")
 
 
-class VerificationData(Strict):
-    corpus: Path = Field(description="Corpus directory holding <split>/index.json and its audio.")
-    split: str = Field("verification", description="Split streamed back to back through every artifact.")
-    max_seconds: float | None = Field(None, gt=0, description="Stream only this much audio (None: the whole split).")
+class SpeechData(Strict):
+    """Where speech comes from: the project's corpus layout, or a user's own audio files."""
+
+    corpus: Path | None = Field(None, description="Corpus directory holding <split>/index.json and its audio (see models/corpus).")
+    audio: Path | None = Field(
+        None,
+        description="Instead of `corpus`: a directory of WAV/FLAC files (searched recursively, streamed in name order) or "
+        "a glob; any sample rate, channels averaged, resampled to 16 kHz.",
+    )
+    transcripts: Path | None = Field(
+        None,
+        description="With `audio`: a TSV of `file<TAB>text` lines (file relative to the audio directory, or its stem; "
+        "optional header `file<TAB>text`). Files without a line have no ground truth.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SpeechData":
+        if (self.corpus is None) == (self.audio is None):
+            found = "both" if self.corpus is not None else "neither"
+            raise ValueError(f"give exactly one of `corpus` (with `split`) and `audio` (with optional `transcripts`), found {found}")
+        if self.audio is not None and "split" in self.model_fields_set:
+            raise ValueError("`split` names a split of a `corpus`; `audio` files have none (remove `split`)")
+        if self.corpus is not None and self.transcripts is not None:
+            raise ValueError("`transcripts` goes with `audio`; a corpus split's transcripts are in its index.json")
+        return self
 
 
-class CalibrationData(Strict):
-    corpus: Path = Field(description="Corpus directory holding <split>/index.json and its audio.")
-    split: str = Field("calibration", description="Split the reference streams to record (chunk, state) samples.")
+class VerificationData(SpeechData):
+    split: str = Field("verification", description="Corpus split streamed back to back through every artifact.")
+    max_seconds: float | None = Field(None, gt=0, description="Stream only this much audio (None: all of it).")
+
+
+class CalibrationData(SpeechData):
+    split: str = Field("calibration", description="Corpus split the reference streams to record (chunk, state) samples.")
     max_samples: int = Field(2000, gt=0, description="Calibration samples kept, evenly spaced over the stream.")
 
 
@@ -151,12 +176,14 @@ def _resolve(manifest: Manifest, base: Path) -> Manifest:
     model = manifest.model.model_copy(
         update={"checkpoint": absolute(manifest.model.checkpoint), "python_path": tuple(map(absolute, manifest.model.python_path))}
     )
-    update: dict[str, Any] = {
-        "model": model,
-        "verification": manifest.verification.model_copy(update={"corpus": absolute(manifest.verification.corpus)}),
-    }
+
+    def located(data: SpeechData) -> SpeechData:
+        paths = {name: absolute(getattr(data, name)) for name in ("corpus", "audio", "transcripts") if getattr(data, name) is not None}
+        return data.model_copy(update=paths)
+
+    update: dict[str, Any] = {"model": model, "verification": located(manifest.verification)}
     if manifest.calibration is not None:
-        update["calibration"] = manifest.calibration.model_copy(update={"corpus": absolute(manifest.calibration.corpus)})
+        update["calibration"] = located(manifest.calibration)
     return manifest.model_copy(update=update)
 
 
@@ -231,10 +258,25 @@ def load_manifest(path: str | Path) -> Manifest:
     if not manifest.model.checkpoint.is_file():
         raise UserError(f"checkpoint file not found: {manifest.model.checkpoint}", where=f"{path}: model.checkpoint")
     for field, data in (("verification", manifest.verification), ("calibration", manifest.calibration)):
-        if data is not None and not (data.corpus / data.split / "index.json").is_file():
+        if data is not None and data.corpus is not None and not (data.corpus / data.split / "index.json").is_file():
             raise UserError(
                 f"no corpus split at {data.corpus / data.split} (expected index.json there)",
                 where=f"{path}: {field}.corpus",
                 hint="run `make corpus` or fix the path (relative paths are from the manifest's directory)",
             )
+        if data is not None and data.audio is not None:
+            _check_audio_section(data, f"{path}: {field}")
     return manifest
+
+
+def _check_audio_section(data: SpeechData, where: str) -> None:
+    """The audio files and transcripts exist; what is wrong inside them is found when planning, naming the file."""
+    from pipeline.audio.user_audio import find_audio_files
+
+    try:
+        find_audio_files(data.audio)
+    except UserError as exc:
+        raise UserError(exc.message, where=f"{where}.audio", hint="relative paths are from the manifest's directory") from None
+    if data.transcripts is not None and not data.transcripts.is_file():
+        raise UserError(f"transcripts file {data.transcripts} not found", where=f"{where}.transcripts",
+                        hint="relative paths are from the manifest's directory")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.audio.stream import StreamData, split_digest
+from pipeline.audio.stream import stream_data
 from pipeline.backends import get_backend
 from pipeline.backends.base import Lowering
 from pipeline.cache import sha256_file
@@ -44,7 +44,7 @@ class PlanContext:
         c = self.manifest.calibration
         if c is None:
             raise InternalError("a calibrated variant was planned for a manifest without a calibration section")
-        data = StreamData(split=c.split, split_sha256=split_digest(c.corpus, c.split), max_seconds=None, corpus=c.corpus)
+        data = stream_data(max_seconds=None, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts)
         config = CalibrateConfig(data=data, max_samples=c.max_samples)
         return self.add(Node(f"calibrate@{chunk_ms}ms", CalibrateStage, config, (("model", traced),)))
 
@@ -59,7 +59,7 @@ def plan(manifest: Manifest) -> Graph:
     checkpoint_sha = sha256_file(ref.checkpoint)
     source_sha = source_digest(ref)
     v = manifest.verification
-    data = StreamData(split=v.split, split_sha256=split_digest(v.corpus, v.split), max_seconds=v.max_seconds, corpus=v.corpus)
+    data = stream_data(max_seconds=v.max_seconds, corpus=v.corpus, split=v.split, audio=v.audio, transcripts=v.transcripts)
     verify_nodes, variants = [], []
     for chunk_ms in manifest.chunk_ms:
         suffix = f"@{chunk_ms}ms"

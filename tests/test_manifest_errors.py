@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from pipeline.cli import main
 from tests.conftest import write_manifest
@@ -51,6 +53,19 @@ def _mutate(manifest: dict, tmp_path: Path, case: str) -> dict:
         m["tolerances"] = {"fp32": {"maxabs": 1e-5}}
     elif case == "missing corpus":
         m["verification"]["corpus"] = str(tmp_path / "no-corpus")
+    elif case == "corpus and audio":
+        m["verification"]["audio"] = str(tmp_path)
+    elif case == "neither corpus nor audio":
+        m["verification"] = {"max_seconds": 20}
+    elif case == "split with audio":
+        m["verification"] = {"audio": str(tmp_path), "split": "verification"}
+    elif case == "empty audio directory":
+        (tmp_path / "no-audio").mkdir()
+        m["verification"] = {"audio": "no-audio"}
+    elif case == "missing transcripts":
+        (tmp_path / "speech").mkdir()
+        sf.write(str(tmp_path / "speech" / "a.wav"), np.zeros(1600, np.float32), 16000)
+        m["verification"] = {"audio": "speech", "transcripts": "absent.tsv"}
     elif case == "quantized without calibration":
         m["backends"] = {"litert": ["int8"]}
     elif case == "not a checkpoint":
@@ -76,6 +91,11 @@ CASES = {
     "declared output shape wrong": "io.outputs[0].shape: logits: declared shape (2, 30), forward returned (2, 29)",
     "tolerance typo": "tolerances.fp32.maxabs: unknown field; did you mean 'max_abs'?",
     "missing corpus": "verification.corpus: no corpus split",
+    "corpus and audio": "verification: give exactly one of `corpus` (with `split`) and `audio`",
+    "neither corpus nor audio": "verification: give exactly one of `corpus` (with `split`) and `audio` (with optional `transcripts`), found neither",
+    "split with audio": "verification: `split` names a split of a `corpus`",
+    "empty audio directory": "verification.audio: no WAV or FLAC files in directory",
+    "missing transcripts": "verification.transcripts: transcripts file",
     "quantized without calibration": "need a `calibration` section",
     "not a checkpoint": "model.checkpoint: cannot read checkpoint",
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import InternalError, UserError
 
 # Mirrors models.common.VOCABULARY and pipeline.spec.SAMPLE_RATE (not imported: those modules
 # pull in torch and pydantic); tests/audio/test_corpus.py checks they agree.
@@ -33,9 +33,10 @@ INDEX_SCHEMA = 1
 @dataclass(frozen=True)
 class Utterance:
     id: str
-    text: str  # ground truth, "" for silence/noise
+    text: str  # ground truth, "" for silence/noise (and for audio without a transcript)
     audio: np.ndarray = field(repr=False, compare=False)  # float32 in [-1, 1], 16 kHz mono
-    speech: tuple[tuple[int, int], ...] = ()  # speech regions in samples, [start, end)
+    speech: tuple[tuple[int, int], ...] | None = ()  # speech regions in samples, [start, end); None: not labelled
+    transcribed: bool = True  # False: `text` is no ground truth (a user's file without a transcript line)
 
     @property
     def seconds(self) -> float:
@@ -152,6 +153,8 @@ def split_files(corpus_dir: Path, split: str) -> list[Path]:
 
 def speech_mask(utterance: Utterance) -> np.ndarray:
     """One bool per sample: True inside a speech region."""
+    if utterance.speech is None:
+        raise InternalError(f"speech_mask of utterance {utterance.id}, which has no labelled speech regions")
     mask = np.zeros(len(utterance.audio), dtype=bool)
     for start, end in utterance.speech:
         mask[start:end] = True

@@ -1,4 +1,5 @@
-"""A split's utterances streamed back to back, as the chunk inputs a device would compute."""
+"""A data section's utterances (a corpus split or a user's audio files) streamed back to back, as the
+chunk inputs a device would compute."""
 
 from __future__ import annotations
 
@@ -8,28 +9,40 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from pipeline.audio.corpus import load_split, speech_mask
+from pipeline.audio.corpus import Utterance, load_split, speech_mask
 from pipeline.audio.frontend import stream_chunks
 from pipeline.cache import digest_files
 from pipeline.dag import StageConfig
-from pipeline.errors import UserError
+from pipeline.errors import InternalError, UserError
 from pipeline.spec import InputSpec, StreamSpec
+
+AUDIO_SPLIT = "audio"  # StreamData.split of a user's own audio files
 
 
 class StreamData(StageConfig):
-    """The speech streamed, identified by content; the path is only where to read it."""
+    """The speech streamed, identified by content; the paths are only where to read it.
 
-    split: str = Field(description="Corpus split streamed back to back.")
-    split_sha256: str = Field(description="Digest of the split's index and audio files.")
+    Either a corpus split (`corpus`, `split`) or a user's own audio files (`audio`, optional
+    `transcripts`, split "audio"). Make one with `stream_data`, which computes the digest.
+    """
+
+    split: str = Field(description=f"Corpus split streamed back to back, or {AUDIO_SPLIT!r} for a user's own audio files.")
+    split_sha256: str = Field(
+        description="Digest of the content: the split's index and audio files, or the audio files' names and bytes, "
+        "their transcripts and the resampling settings."
+    )
     max_seconds: float | None = Field(description="Audio streamed, None for the whole split.")
-    corpus: Path = Field(exclude=True, description="Corpus directory (not part of the key).")
+    corpus: Path | None = Field(None, exclude=True, description="Corpus directory (not part of the key).")
+    audio: Path | None = Field(None, exclude=True, description="Directory or glob of WAV/FLAC files (not part of the key).")
+    transcripts: Path | None = Field(None, exclude=True, description="TSV of file<TAB>text lines (not part of the key).")
 
 
 @dataclass(frozen=True)
 class SpeechStream:
     audio: np.ndarray  # float32, the whole split back to back
-    text: str  # ground truth, utterances joined by a space
-    speech: np.ndarray  # bool per sample
+    text: str  # ground truth of the utterances that have one, joined by a space
+    speech: np.ndarray | None  # bool per sample; None: the audio has no labelled speech regions
+    scored: np.ndarray  # bool per sample: inside an utterance whose transcript is ground truth
     chunks: list[dict[str, np.ndarray]]  # chunk input name -> value, in the contract's shape
 
     @property
@@ -43,26 +56,74 @@ def split_digest(corpus_dir: Path, split: str) -> str:
     return digest_files(split_files(corpus_dir, split), Path(corpus_dir) / split)
 
 
-def speech_stream(corpus_dir: Path, split: str, spec: StreamSpec, max_seconds: float | None = None) -> SpeechStream:
+def stream_data(
+    *,
+    max_seconds: float | None,
+    corpus: Path | None = None,
+    split: str | None = None,
+    audio: Path | None = None,
+    transcripts: Path | None = None,
+) -> StreamData:
+    """A data section, identified by the digest of its content; a user's audio is header-checked here."""
+    if (corpus is None) == (audio is None):
+        raise InternalError(f"stream_data needs exactly one of corpus and audio, got corpus={corpus} audio={audio}")
+    if corpus is not None:
+        if split is None:
+            raise InternalError("stream_data of a corpus needs its split")
+        return StreamData(split=split, split_sha256=split_digest(corpus, split), max_seconds=max_seconds, corpus=corpus)
+    from pipeline.audio.user_audio import audio_digest, scan_audio
+
+    digest = audio_digest(scan_audio(audio, transcripts))
+    return StreamData(split=AUDIO_SPLIT, split_sha256=digest, max_seconds=max_seconds, audio=audio, transcripts=transcripts)
+
+
+def load_utterances(data: StreamData) -> list[Utterance]:
+    """The utterances of a data section, in stream order: a corpus split's, or one per audio file."""
+    if data.corpus is not None:
+        return load_split(data.corpus, data.split)
+    if data.audio is None:
+        raise InternalError(f"StreamData names neither a corpus nor audio files: {data!r}")
+    from pipeline.audio.user_audio import load_audio, scan_audio
+
+    return load_audio(scan_audio(data.audio, data.transcripts))
+
+
+def speech_stream(data: StreamData, spec: StreamSpec) -> SpeechStream:
+    """The data section's utterances back to back (cut to `data.max_seconds`) and the chunks a device computes."""
     if len(spec.inputs) != 1:
         raise UserError(
             f"the {spec.frontend.kind} frontend feeds one chunk input, the model declares {len(spec.inputs)}",
             where="io.inputs",
         )
-    utterances = load_split(corpus_dir, split)
-    audio = np.concatenate([u.audio for u in utterances]).astype(np.float32)
-    speech = np.concatenate([speech_mask(u) for u in utterances])
-    text = " ".join(u.text for u in utterances if u.text)
-    if max_seconds is not None:
-        keep = int(max_seconds * spec.frontend.sample_rate)
+    utterances = load_utterances(data)
+    if data.max_seconds is not None:
+        keep = int(data.max_seconds * spec.frontend.sample_rate)
         # cut at an utterance boundary so the ground-truth transcript stays exact
         ends = np.cumsum([len(u.audio) for u in utterances])
-        count = max(1, int(np.searchsorted(ends, keep, side="right")))
-        audio, speech = audio[: ends[count - 1]], speech[: ends[count - 1]]
-        text = " ".join(u.text for u in utterances[:count] if u.text)
+        utterances = utterances[: max(1, int(np.searchsorted(ends, keep, side="right")))]
+    audio = np.concatenate([u.audio for u in utterances]).astype(np.float32)
+    labelled = all(u.speech is not None for u in utterances)
+    speech = np.concatenate([speech_mask(u) for u in utterances]) if labelled else None
+    scored = np.concatenate([np.full(len(u.audio), u.transcribed) for u in utterances])
+    text = " ".join(u.text for u in utterances if u.transcribed and u.text)
     target = spec.inputs[0]
     chunks = [{target.name: to_input_layout(c, target)} for c in stream_chunks(audio, spec.frontend, spec.chunk_samples)]
-    return SpeechStream(audio=audio, text=text, speech=speech, chunks=chunks)
+    return SpeechStream(audio=audio, text=text, speech=speech, scored=scored, chunks=chunks)
+
+
+def truth_cer(stream: SpeechStream, logits: np.ndarray, vocabulary: str, blank: int, samples_per_frame: int) -> float | None:
+    """CER against the ground truth of the greedy transcript of `logits` [T, C], over the utterances
+    that have a transcript (each run of their frames decoded on its own); None if none has one."""
+    from pipeline.audio.ctc import cer, ctc_greedy
+
+    if not stream.scored.any():
+        return None
+    keep = frame_labels(stream.scored, len(logits), samples_per_frame)
+    if keep.all():
+        return cer(stream.text, ctc_greedy(logits, vocabulary, blank))
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+    pieces = [ctc_greedy(logits[start:end], vocabulary, blank) for start, end in zip(edges[::2], edges[1::2])]
+    return cer(stream.text, " ".join(pieces))
 
 
 def to_input_layout(chunk: np.ndarray, target: InputSpec) -> np.ndarray:

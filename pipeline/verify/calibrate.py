@@ -39,7 +39,7 @@ class CalibrateStage(Stage):
 
         session = TorchSession(inputs["model"].path)
         spec = session.spec
-        stream = speech_stream(config.data.corpus, config.data.split, spec, config.data.max_seconds)
+        stream = speech_stream(config.data, spec)
         steps = len(stream.chunks)
         keep = set(np.linspace(0, steps - 1, min(config.max_samples, steps)).round().astype(int).tolist())
         recorded: dict[str, list[np.ndarray]] = {name: [] for name in spec.input_names}

@@ -37,15 +37,14 @@ class ReferenceStage(Stage):
 
     @classmethod
     def run(cls, config: ReferenceConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
-        from pipeline.audio.ctc import cer, ctc_greedy
-        from pipeline.audio.stream import speech_stream
+        from pipeline.audio.ctc import ctc_greedy
+        from pipeline.audio.stream import speech_stream, truth_cer
         from pipeline.export.session import TorchSession
         from pipeline.verify.metrics import per_frame
 
         session = TorchSession(inputs["model"].path)
         spec = session.spec
-        data = config.data
-        stream = speech_stream(data.corpus, data.split, spec, data.max_seconds)
+        stream = speech_stream(config.data, spec)
         forced = teacher_steps(len(stream.chunks), config.teacher_windows, config.teacher_steps)
         wanted = set(forced.tolist())
         state_in: dict[str, list[np.ndarray]] = {s.input: [] for s in spec.states}
@@ -69,7 +68,9 @@ class ReferenceStage(Stage):
         }
         for output in spec.outputs:
             if output.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
-                transcript = ctc_greedy(per_frame(outputs[output.name], output.time_axis), spec.decoder.vocabulary, spec.decoder.blank)
-                summary["transcript"] = transcript
-                summary["cer"] = cer(stream.text, transcript)
+                frames = per_frame(outputs[output.name], output.time_axis)
+                summary["transcript"] = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
+                truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * len(stream.chunks) // len(frames))
+                if truth is not None:  # None: no file has a transcript
+                    summary["cer"] = truth
         (out / STREAM_FILE).write_text(json.dumps(summary, indent=1) + "\n")

@@ -100,7 +100,7 @@ class VerifyStage(Stage):
     @classmethod
     def run(cls, config: VerifyConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from pipeline.audio.ctc import cer, ctc_greedy
-        from pipeline.audio.stream import frame_labels, speech_stream
+        from pipeline.audio.stream import frame_labels, speech_stream, truth_cer
         from pipeline.backends import get_backend
         from pipeline.verify.metrics import compare, per_frame
 
@@ -109,8 +109,7 @@ class VerifyStage(Stage):
         spec = contract.stream
         reference = dict(np.load(reference_dir / OUTPUTS_FILE))
         summary = json.loads((reference_dir / STREAM_FILE).read_text())
-        data = config.data
-        stream = speech_stream(data.corpus, data.split, spec, data.max_seconds)
+        stream = speech_stream(config.data, spec)
 
         session = get_backend(config.backend).open_session(artifact_dir, threads=config.threads)
         outputs, seconds = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: {config.backend}")
@@ -129,16 +128,19 @@ class VerifyStage(Stage):
             frames = per_frame(outputs[o.name], o.time_axis)
             if o.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
                 transcript = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
-                extra["cer"] = cer(stream.text, transcript)
+                truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
+                if truth is not None:  # None: no file has a transcript
+                    extra["cer"] = truth
                 extra["cer_vs_reference"] = cer(summary["transcript"], transcript)
                 record["transcript"] = transcript
             elif o.kind == "decision_logits":
                 decisions = frames.argmax(axis=-1)
                 ref_decisions = per_frame(reference[o.name], o.time_axis).argmax(axis=-1)
                 extra["decision_agreement"] = float((decisions == ref_decisions).mean())
-                labels = frame_labels(stream.speech, len(decisions), spec.chunk_samples * steps // len(decisions))
-                extra["decision_accuracy"] = float((decisions == labels.astype(int)).mean())
-                extra["reference_decision_accuracy"] = float((ref_decisions == labels.astype(int)).mean())
+                if stream.speech is not None:  # a user's own audio has no labelled speech regions to score against
+                    labels = frame_labels(stream.speech, len(decisions), spec.chunk_samples * steps // len(decisions))
+                    extra["decision_accuracy"] = float((decisions == labels.astype(int)).mean())
+                    extra["reference_decision_accuracy"] = float((ref_decisions == labels.astype(int)).mean())
 
         tolerance = config.default_tolerance.merged(model_tolerance(inputs["torch"].path, config.precision)).merged(config.tolerance_override)
         failures = judge(metrics, states, tolerance, extra)

@@ -135,7 +135,7 @@ def test_split_is_legalized_into_slices_that_match(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_precision_builds_builtin_only_and_streams_on_its_own_state(tiny_target: dict, precision: str) -> None:
-    from pipeline.audio.stream import speech_stream
+    from pipeline.audio.stream import speech_stream, stream_data
 
     artifact = tiny_target["built"][f"tflite-{precision}@20ms"].path
     contract = read_contract(artifact)
@@ -146,7 +146,7 @@ def test_each_precision_builds_builtin_only_and_streams_on_its_own_state(tiny_ta
         assert binding.permutation is None and binding.quantization is None and binding.dtype == "float32", (name, binding)
 
     session = get_backend("litert").open_session(artifact)
-    chunks = speech_stream(CORPUS, "verification", session.spec, 3).chunks
+    chunks = speech_stream(stream_data(max_seconds=3, corpus=CORPUS, split="verification"), session.spec).chunks
     session.reset()
     largest = 0.0
     for chunk in chunks:
