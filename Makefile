@@ -29,10 +29,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.build_cache
 
-# every target is built and reported even when an earlier one fails verification; the exit status says if any did
+# every zoo target and every bring-your-own example, each built and reported even when an earlier one fails;
+# the exit status says if any did
 nightly: $(STAMP)
 	@failed=""; for t in targets/nightly/*.yaml; do echo "== $$t"; \
 	  $(SP) build $$t --out artifacts/nightly/$$(basename $$t .yaml) || failed="$$failed $$t"; done; \
+	  for t in examples/byo/*/target.yaml; do echo "== $$t"; \
+	  $(SP) build $$t --out artifacts/nightly/byo-$$(basename $$(dirname $$t)) || failed="$$failed $$t"; done; \
 	  if [ -n "$$failed" ]; then echo "nightly: failed:$$failed"; exit 1; fi
 
 corpus: $(STAMP)
