@@ -1,7 +1,7 @@
 """`contract.json`: how an app drives one artifact, written next to every artifact.
 
-It holds the stream description (frontend, chunk, inputs, state pairs, outputs, decoder) in the
-model's own terms, plus a binding per tensor that says what that tensor is called inside this
+It holds the stream description (frontend, chunk in samples and in milliseconds, inputs, state
+pairs, outputs, decoder) in the model's own terms, plus a binding per tensor that says what that tensor is called inside this
 artifact, its shape and dtype there, the axis permutation from the contract's layout to the
 artifact's (converters re-lay tensors out), and for integer tensors the scale and zero point.
 Runtimes are driven by this file alone.
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.spec import DType, Strict, StreamSpec
+from pipeline.spec import DType, Strict, StreamSpec, format_ms
 
 CONTRACT_FILE = "contract.json"
 
@@ -37,7 +37,9 @@ class Binding(Strict):
 
 
 class Contract(Strict):
-    schema_version: int = Field(1, alias="schema", description="Contract format version.")
+    schema_version: int = Field(
+        2, alias="schema", description="Contract format version. 2: the stream states chunk_samples and chunk_ms."
+    )
     target: str = Field(description="Manifest target that produced the artifact.")
     model: str = Field(description="Model factory the artifact was exported from.")
     backend: str = Field(description="Runtime that executes the artifact (torch, onnxruntime, litert, ...).")
@@ -64,7 +66,8 @@ def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
         feature = "feed the samples as float32 in [-1, 1]"
     steps = [
         "Before the first chunk, and whenever the stream restarts: set every state input to its `init` value.",
-        f"Read {stream.chunk_samples} samples ({stream.chunk_ms} ms at {frontend.sample_rate} Hz, mono) from the microphone.",
+        f"Read {stream.chunk_samples} samples ({format_ms(stream.chunk_ms)} ms at {frontend.sample_rate} Hz, mono) "
+        "from the microphone.",
         f"For input {stream.inputs[0].name!r}: {feature}.",
         "Run the model with the chunk input(s) and the current state inputs, each converted to its binding's "
         "shape (permutation), dtype and, for integer bindings, quantized with its scale and zero point.",

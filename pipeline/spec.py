@@ -1,15 +1,23 @@
 """The streaming I/O of a model: the single description every stage, runtime and contract reads.
 
-A model in `models/` returns a `StreamSpec` from `streaming_spec(chunk_ms)`; a manifest may
-declare the same structure explicitly under `io` (a user's own model), and the trace stage
-checks that the model really produces what is declared.
+A model in `models/` returns a `StreamSpec` from `streaming_spec(chunk_ms)` (or, for a model that
+counts its chunk in samples, `streaming_spec(chunk_samples=...)`); a manifest may declare the same
+structure explicitly under `io` (a user's own model), and the trace stage checks that the model
+really produces what is declared.
+
+A chunk is `chunk_samples` long: that count is what an app reads from the microphone and what every
+stage uses. `chunk_ms` is derived from it (1000 * chunk_samples / sample_rate, a float: 512 samples
+at 16 kHz are 32.0 ms, 500 are 31.25 ms); a spec may be written with either, and a dumped spec
+(a contract) carries both.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import math
+from fractions import Fraction
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, computed_field, model_validator
 
 SAMPLE_RATE = 16_000
 FRAME_HOP_MS = 10
@@ -85,19 +93,81 @@ class DecisionDecoder(Strict):
 Decoder = Annotated[Union[CtcDecoder, DecisionDecoder], Field(discriminator="kind")]
 
 
-class StreamSpec(Strict):
-    """Everything an app (and every runtime here) needs to drive the model chunk by chunk."""
+def format_ms(ms: float) -> str:
+    """20.0 -> '20', 31.25 -> '31.25': milliseconds as written, without a spurious '.0'."""
+    return f"{ms:g}" if float(ms).is_integer() else repr(float(ms))
 
-    chunk_ms: int = Field(20, description="Milliseconds of audio consumed per call.")
+
+def _frontend_of(data: dict) -> LogMelFrontend | PcmFrontend | None:
+    frontend = data.get("frontend")
+    if isinstance(frontend, (LogMelFrontend, PcmFrontend)):
+        return frontend
+    try:
+        return TypeAdapter(Frontend).validate_python(frontend)
+    except ValidationError:
+        return None  # field validation reports it
+
+
+def chunk_samples_from(data: dict) -> dict:
+    """A spec document written with chunk_ms, chunk_samples or both -> one with chunk_samples only, checked.
+
+    The checks name the field the document used, with what was expected and what it got.
+    """
+    frontend = _frontend_of(data)
+    rate = SAMPLE_RATE if frontend is None else frontend.sample_rate  # an invalid frontend is reported by its own field
+    ms, samples = data.get("chunk_ms"), data.get("chunk_samples")
+    if ms is None and samples is None:
+        raise ValueError("the chunk length is missing: give chunk_samples (e.g. 512) or chunk_ms (e.g. 20)")
+    if samples is None:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
+            raise ValueError(f"chunk_ms: expected a positive number of milliseconds, got {ms!r}")
+        exact = Fraction(ms) * rate / 1000
+        if exact.denominator != 1:
+            raise ValueError(f"chunk_ms: {format_ms(ms)} ms is {float(exact):g} samples at {rate} Hz, not a whole number of samples")
+        samples, field = int(exact), "chunk_ms"
+    else:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+            raise ValueError(f"chunk_samples: expected a positive whole number of samples, got {samples!r}")
+        # a dumped spec (a contract) carries both; they must agree
+        if ms is not None and not math.isclose(float(ms), 1000 * samples / rate, rel_tol=1e-9):
+            raise ValueError(f"chunk_ms {ms!r} disagrees with chunk_samples {samples} at {rate} Hz ({format_ms(1000 * samples / rate)} ms)")
+        field = "chunk_samples"
+    if isinstance(frontend, LogMelFrontend) and samples % frontend.hop_length:
+        hop = frontend.hop_length
+        got = f"{format_ms(ms)} ms ({samples} samples)" if field == "chunk_ms" else f"{samples}"
+        raise ValueError(
+            f"{field}: the log-mel frontend needs whole {hop}-sample hops ({format_ms(1000 * hop / rate)} ms at {rate} Hz): "
+            f"expected a multiple of {hop} samples, got {got}"
+        )
+    return {k: v for k, v in data.items() if k != "chunk_ms"} | {"chunk_samples": samples}
+
+
+class StreamSpec(Strict):
+    """Everything an app (and every runtime here) needs to drive the model chunk by chunk.
+
+    Written with `chunk_samples` or `chunk_ms` (either, or both if they agree); `chunk_samples` is stored and
+    `chunk_ms` derived, and both appear in a dumped spec.
+    """
+
+    chunk_samples: int = Field(
+        gt=0,
+        description="Samples of audio consumed per call (any positive count for a PCM model; whole hops for log-mel).",
+    )
     frontend: Frontend = Field(description="What turns raw audio into the chunk input.")
     inputs: tuple[InputSpec, ...] = Field(description="Chunk inputs (not state), in graph order.", min_length=1)
     states: tuple[StateSpec, ...] = Field((), description="State pairs, in graph order after the chunk inputs.")
     outputs: tuple[OutputSpec, ...] = Field(description="Non-state outputs, in graph order before the states.", min_length=1)
     decoder: Decoder | None = Field(None, description="How to turn outputs into a transcript or decisions.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _chunk_length(cls, data: Any) -> Any:
+        return chunk_samples_from(data) if isinstance(data, dict) else data
+
+    @computed_field(description="Milliseconds of audio per call: 1000 * chunk_samples / sample_rate (derived; may be fractional).")
     @property
-    def chunk_samples(self) -> int:
-        return self.frontend.sample_rate * self.chunk_ms // 1000
+    def chunk_ms(self) -> float:
+        return 1000 * self.chunk_samples / self.frontend.sample_rate
 
     @property
     def input_names(self) -> list[str]:
@@ -106,3 +176,27 @@ class StreamSpec(Strict):
     @property
     def output_names(self) -> list[str]:
         return [o.name for o in self.outputs] + [s.output for s in self.states]
+
+
+class ChunkLength(Strict):
+    """One chunk length as a manifest lists it, in milliseconds or in samples.
+
+    It names the variant in that unit: `20ms` for chunk_ms 20, `512smp` for chunk_samples 512 (smp: samples).
+    A manifest lists one unit, so its names never collide; the same length written in the other unit is
+    another name (`@32ms` and `@512smp` are both 512 samples at 16 kHz). Reports and contracts carry both
+    figures, so nothing needs to parse a name.
+    """
+
+    unit: Literal["ms", "samples"] = Field(description="The unit the manifest lists chunk lengths in.")
+    value: int = Field(gt=0, description="The chunk length in that unit.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.value}ms" if self.unit == "ms" else f"{self.value}smp"
+
+    @property
+    def field(self) -> str:
+        return "chunk_ms" if self.unit == "ms" else "chunk_samples"
+
+    def matches(self, spec: StreamSpec) -> bool:
+        return spec.chunk_ms == self.value if self.unit == "ms" else spec.chunk_samples == self.value

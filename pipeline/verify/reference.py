@@ -22,7 +22,6 @@ from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.verify.records import OUTPUTS_FILE, STREAM_FILE, TEACHER_FILE, teacher_steps
 
 
-
 class ReferenceConfig(StageConfig):
     data: StreamData = Field(description="Verification speech.")
     teacher_windows: int = Field(3, ge=1, description="Teacher-forced windows, spread evenly from the start to the end of the stream.")
@@ -63,7 +62,7 @@ class ReferenceStage(Stage):
         np.savez(out / TEACHER_FILE, **teacher)
         summary: dict = {
             "steps": len(stream.chunks),
-            "audio_seconds": len(stream.chunks) * spec.chunk_ms / 1000,
+            "audio_seconds": len(stream.chunks) * spec.chunk_samples / spec.frontend.sample_rate,
             "truth": stream.text,
             "teacher_forced_steps": len(forced),
         }

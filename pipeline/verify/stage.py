@@ -33,7 +33,6 @@ class VerifyConfig(StageConfig):
     variant: str = Field(description="Variant name, e.g. 'litert-int8@20ms'.")
     backend: str = Field(description="Registered backend whose runtime executes the artifact.")
     precision: str = Field(description="Artifact precision, in the backend's vocabulary.")
-    chunk_ms: int = Field(description="Chunk length of the artifact.")
     default_tolerance: Tolerance = Field(description="The backend's default bounds for this precision.")
     tolerance_override: Tolerance | None = Field(None, description="The manifest's bounds, applied over the model's own defaults.")
     data: StreamData = Field(description="Verification speech (must be what the reference streamed).")
@@ -87,7 +86,7 @@ def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "3"
+    version = "4"
     tools = ("numpy",)
     Config = VerifyConfig
 
@@ -115,7 +114,8 @@ class VerifyStage(Stage):
         session = get_backend(config.backend).open_session(artifact_dir, threads=config.threads)
         outputs, seconds = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: {config.backend}")
         steps = len(stream.chunks)
-        window = max(1, int(round(config.window_seconds * 1000 / spec.chunk_ms)))
+        rate = spec.frontend.sample_rate
+        window = max(1, int(round(config.window_seconds * rate / spec.chunk_samples)))
         metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
         one_step = teacher_forced(session, stream.chunks, reference, reference_dir)
         for o in spec.outputs:
@@ -147,11 +147,13 @@ class VerifyStage(Stage):
                 "name": config.variant,
                 "backend": config.backend,
                 "precision": config.precision,
-                "chunk_ms": config.chunk_ms,
+                "chunk_samples": spec.chunk_samples,
+                "chunk_ms": spec.chunk_ms,
+                "sample_rate": rate,
                 "artifact_file": contract.artifact,
                 "size_bytes": (artifact_dir / contract.artifact).stat().st_size,
                 "steps": steps,
-                "audio_seconds": steps * spec.chunk_ms / 1000,
+                "audio_seconds": steps * spec.chunk_samples / rate,
                 "passed": not failures,
                 "outputs": {name: {k: v for k, v in m.items() if k != "drift"} for name, m in metrics.items()},
                 "states": states,
