@@ -68,15 +68,76 @@ class StateSpec(Strict):
     init: float = Field(0.0, description="Value every element holds before the first call.")
 
 
+OutputKind = Literal["ctc_logits", "decision_logits", "probability", "tensor"]
+DECISION_KINDS = ("decision_logits", "probability")  # outputs verification judges by their per-frame decisions too
+
+
 class OutputSpec(Strict):
     name: str = Field(description="Graph output name.")
     shape: tuple[int, ...] = Field(description="Static shape of the output for one chunk.")
     dtype: DType = Field("float32", description="Element type.")
     time_axis: int = Field(1, description="Axis along which per-chunk outputs concatenate into the batch output.")
-    kind: Literal["ctc_logits", "decision_logits", "tensor"] = Field(
+    kind: OutputKind = Field(
         "tensor",
-        description="How verification judges the output: CTC transcript, per-frame decision, or error only.",
+        description="How verification judges the output, besides its error: CTC transcript (`ctc_logits`, classes on "
+        "the last axis), arg-max decision per frame (`decision_logits`, classes on the last axis), decision at "
+        "`threshold` per frame (`probability`: values in [0, 1], one per frame, e.g. a sigmoid VAD output of shape "
+        "[1, 1], [frames] or [frames, 1]), or error only (`tensor`).",
     )
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="probability only (default 0.5): a frame is positive where the value p >= threshold.",
+    )
+    positive_classes: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        description="decision_logits only: classes whose arg-max counts as a positive decision (e.g. every kind of "
+        "speech); verification then also reports agreement on that binary decision. None: no binary decision.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probability_threshold(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "probability" and data.get("threshold") is None:
+            return {**data, "threshold": 0.5}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "OutputSpec":
+        if self.threshold is not None and self.kind != "probability":
+            raise ValueError(f"output {self.name!r}: threshold applies to kind 'probability' only, the output is {self.kind!r}")
+        if self.positive_classes is not None:
+            if self.kind != "decision_logits":
+                raise ValueError(f"output {self.name!r}: positive_classes applies to kind 'decision_logits' only, the output is {self.kind!r}")
+            classes = self.shape[-1] if self.shape else 1
+            outside = [c for c in self.positive_classes if not 0 <= c < classes]
+            if outside:
+                raise ValueError(f"output {self.name!r}: positive_classes {outside} are not classes of its last axis: expected 0..{classes - 1}")
+            if len(set(self.positive_classes)) != len(self.positive_classes):
+                raise ValueError(f"output {self.name!r}: positive_classes repeat: {list(self.positive_classes)}")
+            if len(self.positive_classes) == classes:
+                raise ValueError(f"output {self.name!r}: positive_classes lists all {classes} classes, so every frame would be positive")
+        if self.kind == "probability":
+            if not 0 <= self.time_axis < max(1, len(self.shape)):
+                raise ValueError(f"output {self.name!r}: time_axis {self.time_axis} is not an axis of shape {list(self.shape)}")
+            extra_axes = [n for axis, n in enumerate(self.shape) if axis != self.time_axis and n != 1]
+            if extra_axes:
+                raise ValueError(
+                    f"output {self.name!r}: a probability holds one value per frame: expected size 1 on every axis but "
+                    f"time_axis {self.time_axis}, got shape {list(self.shape)}"
+                )
+        return self
+
+    @property
+    def decision_rule(self) -> str:
+        """How a frame's decision is taken, in words (for reports)."""
+        if self.kind == "probability":
+            return f"p >= {self.threshold:g}"
+        if self.positive_classes is not None:
+            return f"arg-max; positive: classes {list(self.positive_classes)}"
+        return "arg-max"
 
 
 class CtcDecoder(Strict):
@@ -86,8 +147,13 @@ class CtcDecoder(Strict):
 
 
 class DecisionDecoder(Strict):
-    kind: Literal["decision"] = Field("decision", description="Arg-max class per frame of the `decision_logits` output.")
-    classes: tuple[str, ...] = Field(description="Class names in output order, e.g. ('silence', 'speech').")
+    kind: Literal["decision"] = Field(
+        "decision", description="Per-frame decisions: arg-max class of `decision_logits` outputs, threshold of `probability` ones."
+    )
+    classes: tuple[str, ...] = Field(
+        description="Class names in output order, e.g. ('silence', 'speech'); for a `probability` output, with two "
+        "names: (below the threshold, at or above it)."
+    )
 
 
 Decoder = Annotated[Union[CtcDecoder, DecisionDecoder], Field(discriminator="kind")]
@@ -163,6 +229,19 @@ class StreamSpec(Strict):
     @classmethod
     def _chunk_length(cls, data: Any) -> Any:
         return chunk_samples_from(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _decoder_fits(self) -> "StreamSpec":
+        if isinstance(self.decoder, DecisionDecoder):
+            kinds = {o.kind for o in self.outputs}
+            if not kinds & set(DECISION_KINDS):
+                raise ValueError("decoder: a 'decision' decoder needs a decision_logits or probability output")
+            if "decision_logits" not in kinds and len(self.decoder.classes) != 2:
+                raise ValueError(
+                    f"decoder.classes: a probability output's decision has two classes (below, at or above the "
+                    f"threshold), got {list(self.decoder.classes)}"
+                )
+        return self
 
     @computed_field(description="Milliseconds of audio per call: 1000 * chunk_samples / sample_rate (derived; may be fractional).")
     @property

@@ -137,7 +137,7 @@ def write_model_tolerances(model: Any, out: Path) -> None:
 
 class TraceStage(Stage):
     name = "trace"
-    version = "4"
+    version = "5"
     tools = ("torch", "numpy")
     Config = TraceConfig
 

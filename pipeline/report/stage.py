@@ -1,7 +1,12 @@
 """report: every variant of a target in report.json (schema 3), report.md and drift.png.
 
 Schema 3 (over 2): each variant names its `chunk` as the manifest lists it ('20ms', '512smp') and,
-once verified, carries `chunk_samples`, `chunk_ms` (a float, derived) and `sample_rate`.
+once verified, carries `chunk_samples`, `chunk_ms` (a float, derived) and `sample_rate`; decision
+and probability outputs carry their decision figures under `outputs.<name>` (decision_rule,
+decision_frames, decision_agreement, binary_decision_agreement where positive classes are
+declared, threshold for a probability, decision_accuracy and positive_rate against the corpus's
+speech labels and the reference's), and the variant carries those of the output agreeing least
+(`decision_agreement`, `decision_output`, `binary_decision_agreement`, `decision_accuracy`).
 
 Every planned variant is listed, whatever became of it: passed; failed verification (which bound,
 by how much); or failed at a stage (which stage, tool, op, message), when its artifact never got
@@ -55,7 +60,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "4"
+    version = "5"
     tools = ("matplotlib",)
     Config = ReportConfig
 
