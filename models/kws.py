@@ -61,14 +61,15 @@ class StreamingPcmVAD(nn.Module):
     def tail(self) -> int:
         return self.window - self.hop
 
-    def streaming_spec(self, chunk_ms: int = 20) -> StreamSpec:
-        samples = 16 * chunk_ms
+    def streaming_spec(self, chunk_ms: int = 20, chunk_samples: int | None = None) -> StreamSpec:
+        """At `chunk_ms`, or at `chunk_samples` when given (a manifest listing chunk_samples passes only that)."""
+        samples = 16 * chunk_ms if chunk_samples is None else chunk_samples
         frames = samples // self.hop
-        if frames * self.hop != samples:
-            raise ValueError(f"chunk_ms must be a multiple of 10 ms, got {chunk_ms}")
+        if frames < 1 or frames * self.hop != samples:
+            raise ValueError(f"a chunk must be whole {self.hop}-sample framing hops ({self.hop // 16} ms), got {samples} samples")
         state = (1, self.hidden)
         return StreamSpec(
-            chunk_ms=chunk_ms,
+            chunk_samples=samples,
             frontend=PcmFrontend(),
             inputs=(InputSpec(name="pcm", shape=(samples,), time_axis=0),),
             states=(

@@ -1,7 +1,7 @@
 """`contract.json`: how an app drives one artifact, written next to every artifact.
 
-It holds the stream description (frontend, chunk, inputs, state pairs, outputs, decoder) in the
-model's own terms, plus a binding per tensor that says what that tensor is called inside this
+It holds the stream description (frontend, chunk in samples and in milliseconds, inputs, state
+pairs, outputs with their decision rules, decoder) in the model's own terms, plus a binding per tensor that says what that tensor is called inside this
 artifact, its shape and dtype there, the axis permutation from the contract's layout to the
 artifact's (converters re-lay tensors out), and for integer tensors the scale and zero point.
 Runtimes are driven by this file alone.
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.spec import DType, Strict, StreamSpec
+from pipeline.spec import DECISION_KINDS, DecisionDecoder, DType, OutputSpec, Strict, StreamSpec, format_ms
 
 CONTRACT_FILE = "contract.json"
 
@@ -43,7 +43,9 @@ class ExportRoute(Strict):
 
 
 class Contract(Strict):
-    schema_version: int = Field(1, alias="schema", description="Contract format version.")
+    schema_version: int = Field(
+        2, alias="schema", description="Contract format version. 2: the stream states chunk_samples and chunk_ms; probability outputs."
+    )
     target: str = Field(description="Manifest target that produced the artifact.")
     model: str = Field(description="Model factory the artifact was exported from.")
     backend: str = Field(description="Runtime that executes the artifact (torch, onnxruntime, litert, ...).")
@@ -71,7 +73,8 @@ def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
         feature = "feed the samples as float32 in [-1, 1]"
     steps = [
         "Before the first chunk, and whenever the stream restarts: set every state input to its `init` value.",
-        f"Read {stream.chunk_samples} samples ({stream.chunk_ms} ms at {frontend.sample_rate} Hz, mono) from the microphone.",
+        f"Read {stream.chunk_samples} samples ({format_ms(stream.chunk_ms)} ms at {frontend.sample_rate} Hz, mono) "
+        "from the microphone.",
         f"For input {stream.inputs[0].name!r}: {feature}.",
         "Run the model with the chunk input(s) and the current state inputs, each converted to its binding's "
         "shape (permutation), dtype and, for integer bindings, quantized with its scale and zero point.",
@@ -79,9 +82,25 @@ def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
     steps += [f"Keep output {s.output!r} and feed it as {s.input!r} on the next call." for s in stream.states]
     if stream.decoder is not None and stream.decoder.kind == "ctc_greedy":
         steps.append("Decode: arg-max class per frame, merge repeats, drop class 0 (blank), map class k to vocabulary[k-1].")
-    elif stream.decoder is not None:
-        steps.append(f"Decide: arg-max class per frame among {list(stream.decoder.classes)}.")
+    classes = stream.decoder.classes if isinstance(stream.decoder, DecisionDecoder) else None
+    steps += [decision_step(o, classes) for o in stream.outputs if o.kind in DECISION_KINDS]
     return tuple(steps)
+
+
+def decision_step(output: OutputSpec, classes: tuple[str, ...] | None) -> str:
+    """How an app decides, per frame, from one decision_logits or probability output."""
+    if output.kind == "probability":
+        negative, positive = classes if classes is not None and len(classes) == 2 else ("negative", "positive")
+        return (
+            f"Decide from output {output.name!r}, one value p in [0, 1] per frame: {positive} when p >= "
+            f"{output.threshold:g}, else {negative}."
+        )
+    named = f" among {list(classes)}" if classes is not None else ""
+    step = f"Decide from output {output.name!r}: arg-max class per frame{named}."
+    if output.positive_classes is not None:
+        names = [classes[c] for c in output.positive_classes] if classes is not None and len(classes) > max(output.positive_classes) else []
+        step += f" The frame is positive when that class is one of {list(output.positive_classes)}" + (f" ({', '.join(names)})." if names else ".")
+    return step
 
 
 def identity_bindings(stream: StreamSpec) -> dict[str, Binding]:

@@ -11,10 +11,10 @@ from pathlib import Path
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.spec import StreamSpec
+from pipeline.spec import ChunkLength, StreamSpec, format_ms
 from pipeline.verify.gates import Tolerance
 
 class Strict(BaseModel):
@@ -79,9 +79,23 @@ class Manifest(Strict):
     description: str = Field("", description="Free text shown in reports.")
     model: ModelRef = Field(description="The streaming model to export.")
     io: StreamSpec | None = Field(
-        None, description="Streaming I/O. Omit to take the model's own `streaming_spec(chunk_ms)`; if given, it is checked."
+        None,
+        description="Streaming I/O. Omit to take the model's own `streaming_spec(chunk_ms)` (or "
+        "`streaming_spec(chunk_samples=...)`); if given, it is checked.",
     )
-    chunk_ms: tuple[int, ...] = Field((20,), min_length=1, description="Chunk lengths to build and verify, in ms.")
+    chunk_ms: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Chunk lengths to build and verify, in ms; variants are named `@<ms>ms`. Without `io`, whole 10 ms "
+        "frame hops. List this or `chunk_samples`, not both; neither: io's chunk length, or 20 ms without io.",
+    )
+    chunk_samples: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Chunk lengths to build and verify, in samples (any positive count, e.g. 512 for a raw-PCM model; "
+        "whole hops for a log-mel frontend); variants are named `@<n>smp`. The model takes them through "
+        "`streaming_spec(chunk_samples=...)` or `io.chunk_samples`.",
+    )
     backends: dict[str, tuple[str, ...]] = Field(
         description="Backend -> precisions to build, e.g. {litert: [fp32, int8]}; backends and their precisions "
         "are those of the registry (pipeline/backends).",
@@ -98,10 +112,31 @@ class Manifest(Strict):
 
     @field_validator("chunk_ms")
     @classmethod
-    def _whole_frames(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+    def _whole_frames(cls, value: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        if value is None:
+            return value
         for ms in value:
-            if ms <= 0 or ms % 10:
-                raise ValueError(f"chunk length {ms} ms is not a positive multiple of the 10 ms frame hop")
+            if ms <= 0:
+                raise ValueError(f"chunk length {ms} ms is not positive")
+            # without io the frontend is not known before the model is built: hold chunk_ms to the 10 ms hop of the
+            # log-mel frontend (with io, its own frontend judges it); any other length is listed in samples
+            if info.data.get("io") is None and ms % 10:
+                raise ValueError(
+                    f"chunk length {ms} ms is not a positive multiple of the 10 ms frame hop "
+                    f"(a raw-PCM model takes any length as chunk_samples, e.g. chunk_samples: [{16 * ms}])"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"chunk lengths repeat: {list(value)}")
+        return value
+
+    @field_validator("chunk_samples")
+    @classmethod
+    def _positive_samples(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return value
+        for samples in value:
+            if samples <= 0:
+                raise ValueError(f"chunk length {samples} samples is not positive")
         if len(set(value)) != len(value):
             raise ValueError(f"chunk lengths repeat: {list(value)}")
         return value
@@ -128,11 +163,23 @@ class Manifest(Strict):
     def _consistent(self) -> "Manifest":
         from pipeline.backends import get_backend
 
-        if self.io is not None and self.chunk_ms != (self.io.chunk_ms,):
+        if self.chunk_ms is not None and self.chunk_samples is not None:
             raise ValueError(
-                f"chunk_ms {list(self.chunk_ms)} disagrees with io.chunk_ms {self.io.chunk_ms}: "
-                "an explicit io describes exactly one chunk length"
+                f"chunk_ms {list(self.chunk_ms)} and chunk_samples {list(self.chunk_samples)} are both listed: "
+                "list the chunk lengths in one unit"
             )
+        if self.io is not None:
+            io = self.io
+            if self.chunk_ms is not None and [float(ms) for ms in self.chunk_ms] != [io.chunk_ms]:
+                raise ValueError(
+                    f"chunk_ms {list(self.chunk_ms)} disagrees with io's chunk of {io.chunk_samples} samples "
+                    f"({format_ms(io.chunk_ms)} ms): an explicit io describes exactly one chunk length"
+                )
+            if self.chunk_samples is not None and self.chunk_samples != (io.chunk_samples,):
+                raise ValueError(
+                    f"chunk_samples {list(self.chunk_samples)} disagrees with io.chunk_samples {io.chunk_samples}: "
+                    "an explicit io describes exactly one chunk length"
+                )
         calibrated = sorted(
             f"{b}.{p}" for b, ps in self.backends.items() for p in ps if get_backend(b).precision(p).calibrated
         )
@@ -143,6 +190,20 @@ class Manifest(Strict):
         if unknown:
             raise ValueError(f"tolerances for {unknown}, which this manifest does not build; it builds {sorted(listed)}")
         return self
+
+    @property
+    def chunks(self) -> tuple[ChunkLength, ...]:
+        """The chunk lengths to build, each in the unit the manifest lists it (which names the variants)."""
+        if self.chunk_samples is not None:
+            return tuple(ChunkLength(unit="samples", value=n) for n in self.chunk_samples)
+        if self.chunk_ms is not None:
+            return tuple(ChunkLength(unit="ms", value=ms) for ms in self.chunk_ms)
+        if self.io is not None:
+            ms = self.io.chunk_ms
+            if ms.is_integer():
+                return (ChunkLength(unit="ms", value=int(ms)),)
+            return (ChunkLength(unit="samples", value=self.io.chunk_samples),)
+        return (ChunkLength(unit="ms", value=20),)
 
     def tolerance_override(self, backend: str, precision: str) -> Tolerance | None:
         """The manifest's own bounds for one variant: 'precision' entries, then 'backend.precision' ones on top."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pipeline.cache import digest_files
 from pipeline.errors import UserError
 from pipeline.manifest import ModelRef
-from pipeline.spec import StreamSpec
+from pipeline.spec import ChunkLength, StreamSpec, format_ms
 
 if TYPE_CHECKING:
     import torch
@@ -119,21 +119,66 @@ def build_model(ref: ModelRef) -> "torch.nn.Module":
     return model.eval()
 
 
-def resolve_spec(model: "torch.nn.Module", io: StreamSpec | None, factory: str, chunk_ms: int) -> tuple[StreamSpec, str]:
-    """The manifest's explicit io, else the model's own streaming_spec(chunk_ms); and the field to blame if it is wrong."""
-    if io is not None:
-        return io, "io"
-    declare = getattr(model, "streaming_spec", None)
-    if declare is None:
+def _declare_spec(declare: Callable[..., Any], factory: str, chunk: ChunkLength) -> Any:
+    """Call the model's streaming_spec with the chunk length in the unit the manifest lists it.
+
+    The zoo's protocol is `streaming_spec(chunk_ms)`; a model that counts in samples declares a
+    `chunk_samples` parameter. A length in one unit is never passed to a parameter of the other.
+    """
+    import inspect
+
+    try:
+        parameters = inspect.signature(declare).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if chunk.unit == "samples" and "chunk_samples" in parameters:
+        call, args, kwargs = f"streaming_spec(chunk_samples={chunk.value})", (), {"chunk_samples": chunk.value}
+    elif chunk.unit == "ms" and "chunk_ms" in parameters:
+        call, args, kwargs = f"streaming_spec(chunk_ms={chunk.value})", (), {"chunk_ms": chunk.value}
+    elif chunk.unit == "ms" and "chunk_samples" not in parameters:
+        call, args, kwargs = f"streaming_spec({chunk.value})", (chunk.value,), {}
+    else:
+        takes = "chunk_ms" if chunk.unit == "samples" else "chunk_samples"
         raise UserError(
-            f"{factory} has no streaming_spec(chunk_ms) method and the manifest declares no io",
-            where="io",
-            hint="declare io: {frontend, inputs, states, outputs} in the manifest",
+            f"the manifest lists {chunk.field} but {factory}'s streaming_spec takes no {chunk.field} parameter "
+            f"(it takes {takes})",
+            where=chunk.field,
+            hint=f"list the chunk lengths as {takes}, or give streaming_spec a {chunk.field} parameter",
         )
-    spec = declare(chunk_ms)
-    if not isinstance(spec, StreamSpec):
-        raise UserError(f"streaming_spec returned {type(spec).__name__}, expected pipeline.spec.StreamSpec", where="model.factory")
-    return spec, "model.streaming_spec"
+    try:
+        return declare(*args, **kwargs)
+    except Exception as exc:  # the user's own code refusing a chunk length is their input to fix
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise UserError(
+            f"{factory}: {call} raised {type(exc).__name__}: {exc} (at {frame.filename}:{frame.lineno})",
+            where="model.streaming_spec",
+            hint=f"list a {chunk.field} the model supports",
+        ) from None
+
+
+def resolve_spec(model: "torch.nn.Module", io: StreamSpec | None, factory: str, chunk: ChunkLength) -> tuple[StreamSpec, str]:
+    """The manifest's explicit io, else the model's own streaming_spec at `chunk`; and the field to blame if it is wrong."""
+    if io is not None:
+        spec, where = io, "io"
+    else:
+        declare = getattr(model, "streaming_spec", None)
+        if declare is None:
+            raise UserError(
+                f"{factory} has no streaming_spec(chunk_ms) method and the manifest declares no io",
+                where="io",
+                hint="declare io: {chunk_samples, frontend, inputs, states, outputs} in the manifest",
+            )
+        spec = _declare_spec(declare, factory, chunk)
+        if not isinstance(spec, StreamSpec):
+            raise UserError(f"streaming_spec returned {type(spec).__name__}, expected pipeline.spec.StreamSpec", where="model.factory")
+        where = "model.streaming_spec"
+    if not chunk.matches(spec):
+        raise UserError(
+            f"asked for a chunk of {chunk.value} {'ms' if chunk.unit == 'ms' else 'samples'}, {where} describes "
+            f"{spec.chunk_samples} samples ({format_ms(spec.chunk_ms)} ms)",
+            where=f"{where}.chunk_samples",
+        )
+    return spec, where
 
 
 def initial_state(spec: StreamSpec) -> dict[str, Any]:

@@ -5,7 +5,9 @@
     trace -> calibrate -> (quantized lowerings)
 
 One chain per chunk length; one verify per (backend, precision, chunk length). Backends are
-known only through the registry: each lowers itself onto the plan.
+known only through the registry: each lowers itself onto the plan. Node ids and variant names end
+in the chunk length in the unit the manifest lists it: `@20ms` (chunk_ms) or `@512smp`
+(chunk_samples; see `pipeline.spec.ChunkLength`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.export.to_onnx import OnnxConfig, OnnxStage
 from pipeline.export.trace import TraceConfig, TraceStage
 from pipeline.manifest import Manifest
 from pipeline.model import source_digest
+from pipeline.spec import ChunkLength
 from pipeline.report.stage import ReportConfig, ReportStage, VariantInfo
 from pipeline.verify.calibrate import CalibrateConfig, CalibrateStage
 from pipeline.verify.reference import ReferenceConfig, ReferenceStage
@@ -39,18 +42,18 @@ class PlanContext:
             self.nodes.append(node)
         return node.id
 
-    def calibration(self, chunk_ms: int, traced: str) -> str:
+    def calibration(self, chunk: ChunkLength, traced: str) -> str:
         """The node recording real (chunk, state) pairs from the reference, shared by every calibrated variant."""
         c = self.manifest.calibration
         if c is None:
             raise InternalError("a calibrated variant was planned for a manifest without a calibration section")
         data = stream_data(max_seconds=None, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts)
         config = CalibrateConfig(data=data, max_samples=c.max_samples)
-        return self.add(Node(f"calibrate@{chunk_ms}ms", CalibrateStage, config, (("model", traced),)))
+        return self.add(Node(f"calibrate@{chunk.label}", CalibrateStage, config, (("model", traced),)))
 
 
-def variant_name(backend: str, precision: str, chunk_ms: int) -> str:
-    return f"{backend}-{precision}@{chunk_ms}ms"
+def variant_name(backend: str, precision: str, chunk: ChunkLength) -> str:
+    return f"{backend}-{precision}@{chunk.label}"
 
 
 def plan(manifest: Manifest) -> Graph:
@@ -61,8 +64,8 @@ def plan(manifest: Manifest) -> Graph:
     v = manifest.verification
     data = stream_data(max_seconds=v.max_seconds, corpus=v.corpus, split=v.split, audio=v.audio, transcripts=v.transcripts)
     verify_nodes, variants = [], []
-    for chunk_ms in manifest.chunk_ms:
-        suffix = f"@{chunk_ms}ms"
+    for chunk in manifest.chunks:
+        suffix = f"@{chunk.label}"
         traced = ctx.add(
             Node(
                 f"trace{suffix}",
@@ -74,7 +77,7 @@ def plan(manifest: Manifest) -> Graph:
                     checkpoint_sha256=checkpoint_sha,
                     source_sha256=source_sha,
                     io=manifest.io,
-                    chunk_ms=chunk_ms,
+                    chunk=chunk,
                     checkpoint=ref.checkpoint,
                     python_path=ref.python_path,
                 ),
@@ -86,21 +89,20 @@ def plan(manifest: Manifest) -> Graph:
         for backend_name, precisions in manifest.backends.items():
             backend = get_backend(backend_name)
             lowering = Lowering(
-                chunk_ms=chunk_ms,
+                chunk=chunk,
                 traced=traced,
                 onnx=simplified,
                 options=manifest.backend_options(backend_name),
                 add=ctx.add,
-                calibration=lambda chunk_ms=chunk_ms, traced=traced: ctx.calibration(chunk_ms, traced),
+                calibration=lambda chunk=chunk, traced=traced: ctx.calibration(chunk, traced),
             )
             for precision in precisions:
                 artifact = backend.lower(lowering, precision)
-                name = variant_name(backend_name, precision, chunk_ms)
+                name = variant_name(backend_name, precision, chunk)
                 config = VerifyConfig(
                     variant=name,
                     backend=backend_name,
                     precision=precision,
-                    chunk_ms=chunk_ms,
                     default_tolerance=backend.precision(precision).tolerance,
                     tolerance_override=manifest.tolerance_override(backend_name, precision),
                     data=data,
@@ -112,7 +114,7 @@ def plan(manifest: Manifest) -> Graph:
                         name=name,
                         backend=backend_name,
                         precision=precision,
-                        chunk_ms=chunk_ms,
+                        chunk=chunk,
                         runtime=backend.runtime_label or backend_name,
                         device_latency=backend.device_latency,
                     )

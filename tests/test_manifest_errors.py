@@ -23,6 +23,20 @@ def _mutate(manifest: dict, tmp_path: Path, case: str) -> dict:
         m["chunk_ms"] = "twenty"
     elif case == "chunk not whole frames":
         m["chunk_ms"] = [25]
+    elif case == "chunk in two units":
+        m["chunk_samples"] = [320]
+    elif case == "chunk_samples for a model counting in ms":
+        m["chunk_samples"] = [320]
+        del m["chunk_ms"]
+    elif case == "io chunk not whole hops":
+        del m["chunk_ms"]
+        m["io"] = {
+            "chunk_samples": 512,
+            "frontend": {"kind": "logmel"},
+            "inputs": [{"name": "feats", "shape": [3, 80], "time_axis": 0}],
+            "states": [{"input": "h_in", "output": "h_out", "shape": [1, 32]}, {"input": "c_in", "output": "c_out", "shape": [1, 32]}],
+            "outputs": [{"name": "logits", "shape": [3, 29], "time_axis": 0}],
+        }
     elif case == "missing checkpoint":
         m["model"]["checkpoint"] = str(tmp_path / "nowhere.safetensors")
     elif case == "factory does not import":
@@ -79,6 +93,9 @@ CASES = {
     "unknown field": "backend: unknown field; did you mean 'backends'?",
     "wrong type": "chunk_ms",
     "chunk not whole frames": "chunk_ms: chunk length 25 ms is not a positive multiple",
+    "chunk in two units": "chunk_ms [20] and chunk_samples [320] are both listed: list the chunk lengths in one unit",
+    "chunk_samples for a model counting in ms": "chunk_samples: the manifest lists chunk_samples but models.lstm_ctc:build's streaming_spec takes no chunk_samples parameter (it takes chunk_ms)",
+    "io chunk not whole hops": "io: chunk_samples: the log-mel frontend needs whole 160-sample hops (10 ms at 16000 Hz): expected a multiple of 160 samples, got 512",
     "missing checkpoint": "model.checkpoint: checkpoint file not found",
     "factory does not import": "model.factory: cannot import 'models.no_such_model'",
     "factory malformed": "model.factory: String should match pattern",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from pipeline.spec import ChunkLength
 from pipeline.verify.gates import Tolerance
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class Precision:
 class Lowering:
     """What the plan hands a backend for one chunk length: the upstream nodes and a way to add its own."""
 
-    chunk_ms: int
+    chunk: ChunkLength  # `chunk.label` ends node ids: one chain per chunk length
     traced: str  # node id of the traced PyTorch reference
     onnx: str  # node id of the simplified ONNX graph
     options: Any  # the backend's options from the manifest (its `options` model), or None

@@ -22,7 +22,7 @@ from pipeline.contract import Contract, ExportRoute, identity_bindings, usage_st
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import UserError
 from pipeline.manifest import ModelRef
-from pipeline.spec import StreamSpec
+from pipeline.spec import ChunkLength, StreamSpec
 
 PROGRAM = "model.pt2"  # torch.export.save
 SCRIPT = "model.pt"  # the TorchScript fallback
@@ -35,7 +35,7 @@ class TraceConfig(StageConfig):
     checkpoint_sha256: str = Field(description="Digest of the checkpoint file (the path itself is not hashed).")
     source_sha256: str = Field(description="Digest of the model's Python source package.")
     io: StreamSpec | None = Field(description="Manifest-declared streaming I/O, or None for the model's own spec.")
-    chunk_ms: int = Field(description="Chunk length to trace at.")
+    chunk: ChunkLength = Field(description="Chunk length to trace at, in the unit the manifest lists it.")
     consistency_chunks: int = Field(64, description="Chunks streamed when comparing with the batch forward.")
     consistency_atol: float = Field(1e-5, description="Largest streaming-vs-batch difference accepted, per unit of output magnitude above 1.")
     checkpoint: Path = Field(exclude=True, description="Where to read the checkpoint (not part of the key).")
@@ -225,7 +225,7 @@ def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: st
 
 class TraceStage(Stage):
     name = "trace"
-    version = "4"
+    version = "6"
     tools = ("torch", "numpy")
     Config = TraceConfig
 
@@ -239,7 +239,7 @@ class TraceStage(Stage):
         torch.manual_seed(0)
         ref = ModelRef(factory=config.factory, kwargs=config.kwargs, checkpoint=config.checkpoint, python_path=config.python_path)
         model = build_model(ref)
-        spec, where = resolve_spec(model, config.io, config.factory, config.chunk_ms)
+        spec, where = resolve_spec(model, config.io, config.factory, config.chunk)
         check_io(model, spec, where)
         worst = check_streaming_matches_batch(model, spec, config.consistency_chunks, config.consistency_atol)
         ctx.log(f"streaming vs batch max abs difference: {worst if worst is not None else 'no forward_batch'}")

@@ -57,6 +57,7 @@ def render_markdown(report: dict) -> str:
                 f"| {v['name']} | {v.get('runtime', '-')} | {v['rtf']:.4f} | {v['latency_ms_p50']:.3f} | {v['latency_ms_p99']:.3f} | {meaningful} |"
             )
         lines += ["", "Timings are wall clock on the machine that ran verification, one thread."]
+    lines += decision_lines(verified)
     failures = [(v["name"], f) for v in report["variants"] for f in v["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- `{name}`: {failure}" for name, failure in failures]
@@ -86,6 +87,33 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def decision_lines(verified: list[dict]) -> list[str]:
+    """Per decision or probability output of each variant: its rule and how often its decisions agree."""
+    rows = [(v["name"], name, o) for v in verified for name, o in v["outputs"].items() if "decision_agreement" in o]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Decisions",
+        "",
+        "| variant | output | decision | frames | agreement | binary agreement | accuracy | reference accuracy | positive rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, name, o in rows:
+        lines.append(
+            f"| {variant} | {name} | {o.get('decision_rule', '-')} | {o.get('decision_frames', '-')} | {o['decision_agreement']:.4f} "
+            f"| {_fmt(o.get('binary_decision_agreement'), '.4f')} | {_fmt(o.get('decision_accuracy'), '.4f')} "
+            f"| {_fmt(o.get('reference_decision_accuracy'), '.4f')} | {_fmt(o.get('positive_rate'), '.3f')} |"
+        )
+    lines += [
+        "",
+        "Agreement: the fraction of frames whose decision equals PyTorch's (the variant's `decisions` column is its "
+        "least agreeing output). Binary agreement: the same for positive against negative, where the output declares "
+        "positive classes. Accuracy: the positive decision against the corpus's speech/non-speech label of the frame.",
+    ]
+    return lines
 
 
 def plot_drift(report: dict, path: Path) -> None:

@@ -1,4 +1,12 @@
-"""report: every variant of a target in report.json (schema 2), report.md and drift.png.
+"""report: every variant of a target in report.json (schema 3), report.md and drift.png.
+
+Schema 3 (over 2): each variant names its `chunk` as the manifest lists it ('20ms', '512smp') and,
+once verified, carries `chunk_samples`, `chunk_ms` (a float, derived) and `sample_rate`; decision
+and probability outputs carry their decision figures under `outputs.<name>` (decision_rule,
+decision_frames, decision_agreement, binary_decision_agreement where positive classes are
+declared, threshold for a probability, decision_accuracy and positive_rate against the corpus's
+speech labels and the reference's), and the variant carries those of the output agreeing least
+(`decision_agreement`, `decision_output`, `binary_decision_agreement`, `decision_accuracy`).
 
 Every planned variant is listed, whatever became of it: passed; failed verification (which bound,
 by how much); or failed at a stage (which stage, tool, op, message), when its artifact never got
@@ -18,7 +26,7 @@ from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.manifest import Budgets
 from pipeline.report.render import plot_drift, render_markdown
-from pipeline.spec import Strict
+from pipeline.spec import ChunkLength, Strict
 
 REPORT_JSON, REPORT_MD, DRIFT_PNG = "report.json", "report.md", "drift.png"
 RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify writes
@@ -28,7 +36,7 @@ class VariantInfo(Strict):
     name: str = Field(description="Variant name, also the report input's role.")
     backend: str = Field(description="Registered backend.")
     precision: str = Field(description="Precision in the backend's vocabulary.")
-    chunk_ms: int = Field(description="Chunk length.")
+    chunk: ChunkLength = Field(description="Chunk length, in the unit the manifest lists it.")
     runtime: str = Field(description="What executed the artifact during verification.")
     device_latency: bool = Field(description="Whether the measured latency means anything on a device.")
 
@@ -52,7 +60,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "4"
+    version = "6"
     tools = ("matplotlib",)
     Config = ReportConfig
 
@@ -79,16 +87,16 @@ class ReportStage(Stage):
                     "name": info.name,
                     "backend": info.backend,
                     "precision": info.precision,
-                    "chunk_ms": info.chunk_ms,
+                    info.chunk.field: info.chunk.value,
                     "passed": False,
                     "status": "error",
                     "error": {"node": root, "stage": stage, "kind": kind, "message": failure.message} | details,
                     "failures": [f"failed at {root}: {failure.message}"],
                 }
-            record["runtime"], record["device_latency"] = info.runtime, info.device_latency
+            record["chunk"], record["runtime"], record["device_latency"] = info.chunk.label, info.runtime, info.device_latency
             variants.append(record)
         report = {
-            "schema": 2,
+            "schema": 3,
             "target": config.target,
             "model": config.model,
             "description": config.description,

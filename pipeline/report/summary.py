@@ -31,6 +31,18 @@ def variant_status(variant: dict) -> str:
     return "passed" if status == "passed" and variant.get("passed", True) else "FAILED verification"
 
 
+def decisions_cell(variant: dict) -> str:
+    """The least agreement of the variant's decision outputs; which output, when it has several; the binary figure."""
+    cell = _number(variant.get("decision_agreement"), ".4f")
+    if cell == "-":
+        return cell
+    deciding = [n for n, o in (variant.get("outputs") or {}).items() if isinstance(o, dict) and "decision_agreement" in o]
+    if len(deciding) > 1 and variant.get("decision_output"):
+        cell += f" ({variant['decision_output']})"
+    binary = _number(variant.get("binary_decision_agreement"), ".4f")
+    return cell if binary == "-" else f"{cell}, binary {binary}"
+
+
 def summary_row(variant: dict) -> list[str]:
     """One variant's cells in SUMMARY_COLUMNS order; '-' for every metric it does not have."""
     outputs = [o for o in (variant.get("outputs") or {}).values() if isinstance(o, dict)]
@@ -45,7 +57,7 @@ def summary_row(variant: dict) -> list[str]:
         _number(min(cosine) if cosine else None, ".6f"),
         _number(variant.get("cer"), ".4f"),
         _number(variant.get("cer_vs_reference"), ".4f"),
-        _number(variant.get("decision_agreement"), ".4f"),
+        decisions_cell(variant),
         _number(variant.get("rtf"), ".4f"),
     ]
 

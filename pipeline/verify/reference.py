@@ -19,8 +19,24 @@ from pydantic import Field
 from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.errors import UserError
+from pipeline.spec import StreamSpec
 from pipeline.verify.records import OUTPUTS_FILE, STREAM_FILE, TEACHER_FILE, teacher_steps
 
+
+def check_probabilities(spec: StreamSpec, outputs: dict[str, np.ndarray]) -> None:
+    """A `probability` output of the reference must stay in [0, 1]: its threshold and its bounds assume it."""
+    for k, o in enumerate(spec.outputs):
+        if o.kind != "probability":
+            continue
+        low, high = float(outputs[o.name].min()), float(outputs[o.name].max())
+        if not (0.0 <= low and high <= 1.0):  # NaN fails too
+            raise UserError(
+                f"output {o.name!r} is declared a probability (values in [0, 1]) but PyTorch streaming the "
+                f"verification speech gives values from {low:.4g} to {high:.4g}",
+                where=f"outputs[{k}].kind",
+                hint="apply the sigmoid (or softmax) inside the model, or declare the output as kind 'tensor'",
+            )
 
 
 class ReferenceConfig(StageConfig):
@@ -57,12 +73,13 @@ class ReferenceStage(Stage):
                     state_out[s.output].append(results[s.output])
 
         outputs, _ = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch", observe=keep_states)
+        check_probabilities(spec, outputs)
         np.savez(out / OUTPUTS_FILE, **outputs)
         teacher = {"steps": forced} | {f"in.{k}": np.stack(v) for k, v in state_in.items()} | {f"out.{k}": np.stack(v) for k, v in state_out.items()}
         np.savez(out / TEACHER_FILE, **teacher)
         summary: dict = {
             "steps": len(stream.chunks),
-            "audio_seconds": len(stream.chunks) * spec.chunk_ms / 1000,
+            "audio_seconds": len(stream.chunks) * spec.chunk_samples / spec.frontend.sample_rate,
             "truth": stream.text,
             "teacher_forced_steps": len(forced),
         }

@@ -4,9 +4,12 @@ own state from chunk to chunk, and hold it to the PyTorch reference.
 Per non-state output: max abs error, relative to its range, SQNR, RMS, cosine and the error per
 window of audio (drift). Per output and state: the error of one call started from the
 reference's state, in windows at the start, middle and end of the stream. For CTC outputs the
-greedy transcript's CER against the truth and against the reference's; for decision outputs the
-per-frame agreement. Wall-clock figures go to `timings.json`, outside the artifact's digest: the
-report judges speed budgets, so a cached verify never freezes another machine's timing.
+greedy transcript's CER against the truth and against the reference's; for decision_logits and
+probability outputs the agreement of their per-frame decisions (arg-max; p >= threshold; the
+positive/negative decision where positive classes are declared), per output and, for the
+variant, that of the output agreeing least. Wall-clock figures go to `timings.json`, outside the
+artifact's digest: the report judges speed budgets, so a cached verify never freezes another
+machine's timing.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ class VerifyConfig(StageConfig):
     variant: str = Field(description="Variant name, e.g. 'litert-int8@20ms'.")
     backend: str = Field(description="Registered backend whose runtime executes the artifact.")
     precision: str = Field(description="Artifact precision, in the backend's vocabulary.")
-    chunk_ms: int = Field(description="Chunk length of the artifact.")
     default_tolerance: Tolerance = Field(description="The backend's default bounds for this precision.")
     tolerance_override: Tolerance | None = Field(None, description="The manifest's bounds, applied over the model's own defaults.")
     data: StreamData = Field(description="Verification speech (must be what the reference streamed).")
@@ -87,7 +89,7 @@ def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "4"
+    version = "6"
     tools = ("numpy",)
     Config = VerifyConfig
 
@@ -100,8 +102,10 @@ class VerifyStage(Stage):
     @classmethod
     def run(cls, config: VerifyConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from pipeline.audio.ctc import cer, ctc_greedy
-        from pipeline.audio.stream import frame_labels, speech_stream, truth_cer
+        from pipeline.audio.stream import speech_stream, truth_cer
         from pipeline.backends import get_backend
+        from pipeline.spec import DECISION_KINDS
+        from pipeline.verify.decisions import decision_figures, worst_decisions
         from pipeline.verify.metrics import compare, per_frame
 
         artifact_dir, reference_dir = inputs["model"].path, inputs["reference"].path
@@ -114,7 +118,8 @@ class VerifyStage(Stage):
         session = get_backend(config.backend).open_session(artifact_dir, threads=config.threads)
         outputs, seconds = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: {config.backend}")
         steps = len(stream.chunks)
-        window = max(1, int(round(config.window_seconds * 1000 / spec.chunk_ms)))
+        rate = spec.frontend.sample_rate
+        window = max(1, int(round(config.window_seconds * rate / spec.chunk_samples)))
         metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
         one_step = teacher_forced(session, stream.chunks, reference, reference_dir)
         for o in spec.outputs:
@@ -122,25 +127,22 @@ class VerifyStage(Stage):
             metrics[o.name]["one_step_reference_max_abs"] = one_step[o.name]["reference_max_abs"]
         states = {s.output: one_step[s.output] for s in spec.states}
 
-        extra: dict[str, float] = {}
+        extra: dict[str, float | str] = {}
         record: dict = {}
+        decided: dict[str, dict] = {}
         for o in spec.outputs:
-            frames = per_frame(outputs[o.name], o.time_axis)
             if o.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
+                frames = per_frame(outputs[o.name], o.time_axis)
                 transcript = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
                 truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
                 if truth is not None:  # None: no file has a transcript
                     extra["cer"] = truth
                 extra["cer_vs_reference"] = cer(summary["transcript"], transcript)
                 record["transcript"] = transcript
-            elif o.kind == "decision_logits":
-                decisions = frames.argmax(axis=-1)
-                ref_decisions = per_frame(reference[o.name], o.time_axis).argmax(axis=-1)
-                extra["decision_agreement"] = float((decisions == ref_decisions).mean())
-                if stream.speech is not None:  # a user's own audio has no labelled speech regions to score against
-                    labels = frame_labels(stream.speech, len(decisions), spec.chunk_samples * steps // len(decisions))
-                    extra["decision_accuracy"] = float((decisions == labels.astype(int)).mean())
-                    extra["reference_decision_accuracy"] = float((ref_decisions == labels.astype(int)).mean())
+            elif o.kind in DECISION_KINDS:
+                decided[o.name] = decision_figures(o, outputs[o.name], reference[o.name], stream.speech, steps * spec.chunk_samples)
+                metrics[o.name] |= decided[o.name]
+        extra |= worst_decisions(decided)
 
         tolerance = config.default_tolerance.merged(model_tolerance(inputs["torch"].path, config.precision)).merged(config.tolerance_override)
         failures = judge(metrics, states, tolerance, extra)
@@ -149,11 +151,13 @@ class VerifyStage(Stage):
                 "name": config.variant,
                 "backend": config.backend,
                 "precision": config.precision,
-                "chunk_ms": config.chunk_ms,
+                "chunk_samples": spec.chunk_samples,
+                "chunk_ms": spec.chunk_ms,
+                "sample_rate": rate,
                 "artifact_file": contract.artifact,
                 "size_bytes": (artifact_dir / contract.artifact).stat().st_size,
                 "steps": steps,
-                "audio_seconds": steps * spec.chunk_ms / 1000,
+                "audio_seconds": steps * spec.chunk_samples / rate,
                 "passed": not failures,
                 "outputs": {name: {k: v for k, v in m.items() if k != "drift"} for name, m in metrics.items()},
                 "states": states,

@@ -23,7 +23,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
     from pipeline.backends.litert.tflite import TfliteConfig, TfliteStage
     from pipeline.dag import Node
 
-    suffix = f"@{lowering.chunk_ms}ms"
+    suffix = f"@{lowering.chunk.label}"
     legalized = lowering.add(Node(f"legalize{suffix}", LegalizeStage, LegalizeConfig(), (("model", lowering.onnx),)))
     converted = lowering.add(Node(f"onnx2tf{suffix}", ConvertStage, ConvertConfig(), (("model", legalized),)))
     inputs: tuple[tuple[str, str], ...] = (("model", legalized), ("converted", converted))
@@ -32,6 +32,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
     options: LiteRtOptions = lowering.options
     config = TfliteConfig(
         precision=precision,  # type: ignore[arg-type]
+        variant=f"litert-{precision}{suffix}",
         allow_flex=options.allow_flex_ops,
         keep_float=options.keep_float.get(precision, ()),  # type: ignore[call-overload]
         keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]

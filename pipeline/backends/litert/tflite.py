@@ -32,6 +32,7 @@ from pipeline.contract import read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError, UserError
 from pipeline.onnx_graph import recurrence_nodes
+from pipeline.spec import format_ms
 from pipeline.verify.records import load_calibration
 
 ARTIFACT = "model.tflite"
@@ -42,6 +43,9 @@ QUANTIZED = ("int8", "int16x8")
 
 class TfliteConfig(StageConfig):
     precision: Literal["fp32", "fp16", "int8", "int16x8"] = Field(description="Weights/activations of the flatbuffer.")
+    variant: str = Field(
+        "", exclude=True, description="Variant name for messages, e.g. 'litert-int8@512smp' (not part of the key); '' names it from the chunk in ms."
+    )
     allow_flex: bool = Field(False, description="Accept Select-TF (Flex) and custom ops instead of failing the build.")
     calibration_samples: int | None = Field(
         None, gt=0, description="Recorded (chunk, state) pairs used to calibrate int8/int16x8 (evenly spaced); None: all."
@@ -69,7 +73,8 @@ class TfliteStage(Stage):
         source, converted = inputs["model"].path, inputs["converted"].path
         contract = read_contract(source)
         spec = contract.stream
-        variant, where = f"litert-{config.precision}@{spec.chunk_ms}ms", ctx.node_id
+        variant = config.variant or f"litert-{config.precision}@{format_ms(spec.chunk_ms)}ms"
+        where = ctx.node_id
         quantized = config.precision in QUANTIZED
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
