@@ -198,13 +198,25 @@ def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: st
     except Exception:
         export_failure = traceback.format_exc()
         transcript.write(export_failure)
-    reason = " ".join(export_failure.strip().splitlines()[-1].split())[:300]
+    # the exception line that says what went wrong, not the exporter's closing advice
+    errors = [line for line in export_failure.splitlines() if re.match(r"^([a-z_]\w*\.)*[A-Z]\w*: ", line) and "error above occurred" not in line]
+    reason = " ".join((errors[-1] if errors else export_failure.strip().splitlines()[-1]).split())[:240]
     try:
         with contextlib.redirect_stdout(transcript), contextlib.redirect_stderr(transcript), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
         check_against(model, traced, spec, "torch.jit.trace", atol=1e-6)
-    except UserError:
-        raise
+    except UserError as exc:
+        log_path.write_text(transcript.getvalue())
+        text = transcript.getvalue()
+        where, op = _user_frame(text), _failed_op(text)
+        raise UserError(
+            f"torch.export failed ({reason}"
+            + (f"; op {op}" if op else "")
+            + (f" at {where}" if where else "")
+            + f"), and the TorchScript fallback is wrong: {str(exc).split(': ', 1)[-1]}. Full exporter output: {log_path}",
+            where="model.forward",
+            hint="read a tensor's shape or value as a Python number nowhere in forward; see docs/bring-your-own-model.md",
+        ) from None
     except Exception:
         transcript.write(traceback.format_exc())
         log_path.write_text(transcript.getvalue())
