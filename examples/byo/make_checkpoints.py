@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = {"pcm_vad": "gru_vad", "lstm_logmel": "lstm_recognizer", "lstmcell_logmel": "cell_recognizer", "causal_conv": "conv_recognizer", "attention_kv": "kv_recognizer"}
+EXAMPLES = {"pcm_vad": "gru_vad", "pcm_vad_lstmcell": "lstmcell_vad", "lstm_logmel": "lstm_recognizer", "lstmcell_logmel": "cell_recognizer", "causal_conv": "conv_recognizer", "attention_kv": "kv_recognizer"}
 
 for directory, module in EXAMPLES.items():
     sys.path.insert(0, str(HERE / directory))
