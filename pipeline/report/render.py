@@ -64,12 +64,12 @@ def render_markdown(report: dict) -> str:
     waived = [(v["name"], bound, reason) for v in verified for bound, reason in v.get("waived", {}).items()]
     if waived:
         lines += ["", "## Bounds removed by the target", ""] + [f"- `{name}`: `{bound}` not applied: {reason}" for name, bound, reason in waived]
-    routes = sorted({(v["chunk_ms"], json.dumps(v["export"], sort_keys=True)) for v in verified if v.get("export")})
+    routes = sorted({(str(v.get("chunk", v["chunk_ms"])), json.dumps(v["export"], sort_keys=True)) for v in verified if v.get("export")})
     if routes:
         lines += ["", "## How the model was captured", ""]
-        for chunk_ms, text in routes:
+        for chunk, text in routes:
             route = json.loads(text)
-            line = f"- {chunk_ms} ms chunks: `{route['route']}`"
+            line = f"- {chunk} chunks: `{route['route']}`"
             if route.get("reason"):
                 line += f" (torch.export failed: {route['reason']})"
             if route.get("adapters"):

@@ -60,7 +60,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "6"
+    version = "7"
     tools = ("matplotlib",)
     Config = ReportConfig
 
