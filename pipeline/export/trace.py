@@ -205,30 +205,21 @@ def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: st
         with contextlib.redirect_stdout(transcript), contextlib.redirect_stderr(transcript), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
         check_against(model, traced, spec, "torch.jit.trace", atol=1e-6)
-    except UserError as exc:
+    except Exception as exc:  # UserError: the trace ran but is wrong; anything else: it did not run
+        wrong = isinstance(exc, UserError)
+        if not wrong:
+            transcript.write(traceback.format_exc())
         log_path.write_text(transcript.getvalue())
-        text = transcript.getvalue()
-        where, op = _user_frame(text), _failed_op(text)
+        where, op = _user_frame(transcript.getvalue()), _failed_op(transcript.getvalue())
+        fallback = f"the TorchScript fallback is wrong: {str(exc).split(': ', 1)[-1]}" if wrong else "torch.jit.trace failed too"
         raise UserError(
-            f"torch.export failed ({reason}"
+            f"the model could not be captured as a graph: torch.export failed ({reason}"
             + (f"; op {op}" if op else "")
             + (f" at {where}" if where else "")
-            + f"), and the TorchScript fallback is wrong: {str(exc).split(': ', 1)[-1]}. Full exporter output: {log_path}",
+            + f"), and {fallback}. Full exporter output: {log_path}",
             where="model.forward",
-            hint="read a tensor's shape or value as a Python number nowhere in forward; see docs/bring-your-own-model.md",
-        ) from None
-    except Exception:
-        transcript.write(traceback.format_exc())
-        log_path.write_text(transcript.getvalue())
-        text = transcript.getvalue()
-        where, op = _user_frame(text), _failed_op(text)
-        raise UserError(
-            f"the model could not be captured as a graph: torch.export failed ({reason}), and torch.jit.trace failed too"
-            + (f"; failing op {op}" if op else "")
-            + (f" at {where}" if where else "")
-            + f". Full exporter output: {log_path}",
-            where="model.forward",
-            hint="write the failing layer with static shapes and slices, or see docs/bring-your-own-model.md",
+            hint="read no tensor's shape or value as a Python number in forward, keep shapes and slices static; "
+            "see docs/bring-your-own-model.md",
         ) from None
     traced.save(str(out / SCRIPT))
     strip_provenance(out / SCRIPT)
