@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipeline.cache import Artifact
 from pipeline.contract import identity_bindings, read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import ToolchainError
+from pipeline.export.logs import exporter_log
 from pipeline.onnx_graph import ONNX_FILE as ARTIFACT
 from pipeline.onnx_graph import check_onnx_io
 
@@ -55,8 +55,7 @@ class OnnxStage(Stage):
                     module = torch.jit.load(str(source / contract.artifact), map_location="cpu").eval()
                     torch.onnx.export(module, example, str(out / ARTIFACT), do_constant_folding=config.do_constant_folding, dynamo=False, **names)
         except Exception as exc:  # the exporter's own error names the unsupported op; its whole output goes to the log
-            log = Path(tempfile.gettempdir()) / "speechport-logs" / f"{ctx.node_id}.log"
-            log.parent.mkdir(exist_ok=True)
+            log = exporter_log(ctx.node_id)
             log.write_text(transcript.getvalue() + "\n" + traceback.format_exc())
             first = " ".join(str(exc).strip().splitlines()[0].split())[:300] if str(exc).strip() else type(exc).__name__
             raise ToolchainError(f"torch.onnx.export failed: {type(exc).__name__}: {first}; full output: {log}", tool="torch", stage=ctx.node_id) from None

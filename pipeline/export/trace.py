@@ -178,14 +178,13 @@ def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: st
     """torch.export, else torch.jit.trace; every exporter's full output goes to a log whose path a failure names."""
     import contextlib
     import io
-    import tempfile
     import traceback
 
     import torch
 
-    log_dir = Path(tempfile.gettempdir()) / "speechport-logs"
-    log_dir.mkdir(exist_ok=True)
-    log_path = log_dir / f"{node_id.replace('/', '_')}.log"
+    from pipeline.export.logs import exporter_log
+
+    log_path = exporter_log(node_id)
     transcript = io.StringIO()
     try:
         with contextlib.redirect_stdout(transcript), contextlib.redirect_stderr(transcript):

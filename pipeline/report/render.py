@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.verify.gates import fraction_of_range
+
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
@@ -34,9 +36,9 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {v['name']} | **{status_text(v)}** |" + " - |" * 12)
             continue
         outputs, states = v["outputs"].values(), v.get("states", {}).values()
-        rel = max(o["max_abs"] / o["reference_max_abs"] if o["reference_max_abs"] else 0.0 for o in outputs)
-        one_step = max(o["one_step_max_abs"] / o["one_step_reference_max_abs"] if o["one_step_reference_max_abs"] else 0.0 for o in outputs)
-        state_rel = max((s["max_abs"] / s["reference_max_abs"] if s["reference_max_abs"] else 0.0 for s in states), default=None)
+        rel = max(fraction_of_range(o["max_abs"], o["reference_max_abs"]) for o in outputs)
+        one_step = max(fraction_of_range(o["one_step_max_abs"], o["one_step_reference_max_abs"]) for o in outputs)
+        state_rel = max((fraction_of_range(s["max_abs"], s["reference_max_abs"]) for s in states), default=None)
         lines.append(
             f"| {v['name']} | {'passed' if v['passed'] else '**FAILED verification**'} | {v['size_bytes'] / 1e6:.2f} | {v['audio_seconds']:.0f} "
             f"| {max(o['max_abs'] for o in outputs):.3g} | {rel:.3g} | {min(o['sqnr_db'] for o in outputs):.1f} | {one_step:.3g} "

@@ -167,6 +167,13 @@ INT8_ACTIVATIONS = Tolerance(
 )
 
 
+def fraction_of_range(error: float, reference: float) -> float:
+    """An error as a fraction of the largest |reference value|: 0 for no error, inf for an error on a silent output."""
+    if reference > 0:
+        return error / reference
+    return 0.0 if error == 0 else math.inf
+
+
 def _fails_above(value: float | None, bound: float | None) -> bool:
     return bound is not None and value is not None and not value <= bound  # NaN fails
 
@@ -186,10 +193,8 @@ def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Toleranc
     """
     t, failures = tolerance, []
     for name, m in outputs.items():
-        rel = m["max_abs"] / m["reference_max_abs"] if m["reference_max_abs"] > 0 else (0.0 if m["max_abs"] == 0 else math.inf)
-        one_step_rel = m["one_step_max_abs"] / m["one_step_reference_max_abs"] if m["one_step_reference_max_abs"] > 0 else (
-            0.0 if m["one_step_max_abs"] == 0 else math.inf
-        )
+        rel = fraction_of_range(m["max_abs"], m["reference_max_abs"])
+        one_step_rel = fraction_of_range(m["one_step_max_abs"], m["one_step_reference_max_abs"])
         checks = [
             (_fails_above(m["max_abs"], t.max_abs), f"max abs error {m['max_abs']:.3g} exceeds {t.max_abs}"),
             (_fails_above(rel, t.max_rel), f"max abs error {m['max_abs']:.3g} is {rel:.3g} of its range {m['reference_max_abs']:.3g}, above {t.max_rel}"),
@@ -209,7 +214,7 @@ def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Toleranc
             )
         failures += [f"{name}: {text}" for failed, text in checks if failed]
     for name, m in states.items():
-        rel = m["max_abs"] / m["reference_max_abs"] if m["reference_max_abs"] > 0 else (0.0 if m["max_abs"] == 0 else math.inf)
+        rel = fraction_of_range(m["max_abs"], m["reference_max_abs"])
         if _fails_above(rel, t.state_one_step_max_rel):
             failures.append(
                 f"state {name}: one call from the reference's state is off by {m['max_abs']:.3g}, {rel:.3g} of its range "
