@@ -36,6 +36,11 @@ VOLATILE_FILES = frozenset({"timings.json"})  # relative paths a stage may write
 CACHE_MARKER = ".speechport-cache"  # `clean` deletes only a directory holding this
 
 
+def artifact_bytes(path: Path) -> int:
+    """Size of an artifact as shipped: a file, or every file of a package directory (e.g. an .mlpackage)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def canonical_json(document: Any) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 

@@ -44,7 +44,10 @@ class ExportRoute(Strict):
 
 class Contract(Strict):
     schema_version: int = Field(
-        2, alias="schema", description="Contract format version. 2: the stream states chunk_samples and chunk_ms; probability outputs."
+        3,
+        alias="schema",
+        description="Contract format version. 2: the stream states chunk_samples and chunk_ms; probability outputs. "
+        "3: state_in_model and runtime.",
     )
     target: str = Field(description="Manifest target that produced the artifact.")
     model: str = Field(description="Model factory the artifact was exported from.")
@@ -55,12 +58,19 @@ class Contract(Strict):
     bindings: dict[str, Binding] = Field(description="Contract tensor name -> how it appears in the artifact.")
     usage: tuple[str, ...] = Field((), description="The streaming loop, step by step, for an app developer.")
     export: ExportRoute | None = Field(None, description="How the graph this artifact derives from was captured from PyTorch.")
+    state_in_model: bool = Field(
+        False,
+        description="The recurrent state lives inside the model (e.g. a Core ML StateType): the app keeps no state "
+        "tensors; it creates the model's state before the first chunk and again to restart the stream. The state "
+        "bindings then name the model's state buffers.",
+    )
+    runtime: dict[str, str] = Field(default_factory=dict, description="How the app must load the artifact (e.g. Core ML compute units).")
 
     def binding(self, name: str) -> Binding:
         return self.bindings[name]
 
 
-def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
+def usage_steps(stream: StreamSpec, state_in_model: bool = False) -> tuple[str, ...]:
     frontend = stream.frontend
     if frontend.kind == "logmel":
         feature = (
@@ -71,15 +81,26 @@ def usage_steps(stream: StreamSpec) -> tuple[str, ...]:
         )
     else:
         feature = "feed the samples as float32 in [-1, 1]"
+    if state_in_model:
+        inits = sorted({s.init for s in stream.states})
+        fill = "" if inits == [0.0] else " and write each state's `init` value into it"
+        restart = f"Before the first chunk, and whenever the stream restarts (a new utterance): create a new model state{fill}."
+    else:
+        restart = "Before the first chunk, and whenever the stream restarts: set every state input to its `init` value."
     steps = [
-        "Before the first chunk, and whenever the stream restarts: set every state input to its `init` value.",
+        restart,
         f"Read {stream.chunk_samples} samples ({format_ms(stream.chunk_ms)} ms at {frontend.sample_rate} Hz, mono) "
         "from the microphone.",
         f"For input {stream.inputs[0].name!r}: {feature}.",
-        "Run the model with the chunk input(s) and the current state inputs, each converted to its binding's "
-        "shape (permutation), dtype and, for integer bindings, quantized with its scale and zero point.",
+        "Run the model with the chunk input(s)"
+        + ("" if state_in_model else " and the current state inputs")
+        + ", each converted to its binding's shape (permutation), dtype and, for integer bindings, quantized with "
+        "its scale and zero point.",
     ]
-    steps += [f"Keep output {s.output!r} and feed it as {s.input!r} on the next call." for s in stream.states]
+    if state_in_model:
+        steps.append("Run every chunk with the same model state: the model updates it in place; the app keeps no state tensors.")
+    else:
+        steps += [f"Keep output {s.output!r} and feed it as {s.input!r} on the next call." for s in stream.states]
     if stream.decoder is not None and stream.decoder.kind == "ctc_greedy":
         steps.append("Decode: arg-max class per frame, merge repeats, drop class 0 (blank), map class k to vocabulary[k-1].")
     classes = stream.decoder.classes if isinstance(stream.decoder, DecisionDecoder) else None

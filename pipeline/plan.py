@@ -52,6 +52,12 @@ class PlanContext:
         return self.add(Node(f"calibrate@{chunk.label}", CalibrateStage, config, (("model", traced),)))
 
 
+    def onnx(self, suffix: str, traced: str) -> str:
+        """The simplified ONNX graph, planned only for backends that lower from ONNX (Core ML converts the trace itself)."""
+        exported = self.add(Node(f"onnx{suffix}", OnnxStage, OnnxConfig(), (("model", traced),)))
+        return self.add(Node(f"simplify{suffix}", SimplifyStage, SimplifyConfig(), (("model", exported),)))
+
+
 def variant_name(backend: str, precision: str, chunk: ChunkLength) -> str:
     return f"{backend}-{precision}@{chunk.label}"
 
@@ -83,15 +89,13 @@ def plan(manifest: Manifest) -> Graph:
                 ),
             )
         )
-        exported = ctx.add(Node(f"onnx{suffix}", OnnxStage, OnnxConfig(), (("model", traced),)))
-        simplified = ctx.add(Node(f"simplify{suffix}", SimplifyStage, SimplifyConfig(), (("model", exported),)))
         reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data), (("model", traced),)))
         for backend_name, precisions in manifest.backends.items():
             backend = get_backend(backend_name)
             lowering = Lowering(
                 chunk=chunk,
                 traced=traced,
-                onnx=simplified,
+                onnx=lambda suffix=suffix, traced=traced: ctx.onnx(suffix, traced),
                 options=manifest.backend_options(backend_name),
                 add=ctx.add,
                 calibration=lambda chunk=chunk, traced=traced: ctx.calibration(chunk, traced),

@@ -54,7 +54,7 @@ def test_the_contract_file_states_both_figures_and_reads_back(tmp_path: Path) ->
     import json
 
     document = json.loads((tmp_path / "contract.json").read_text())
-    assert document["schema"] == 2
+    assert document["schema"] == 3
     assert (document["stream"]["chunk_samples"], document["stream"]["chunk_ms"]) == (512, 32.0)
     assert document["stream"]["outputs"][0]["threshold"] == 0.6 and document["stream"]["outputs"][1]["positive_classes"] == [1, 2]
     assert read_contract(tmp_path) == contract

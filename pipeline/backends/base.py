@@ -38,7 +38,7 @@ class Lowering:
 
     chunk: ChunkLength  # `chunk.label` ends node ids: one chain per chunk length
     traced: str  # node id of the traced PyTorch reference
-    onnx: str  # node id of the simplified ONNX graph
+    onnx: Callable[[], str]  # plans the ONNX export and simplification (once) and returns the simplified graph's node id
     options: Any  # the backend's options from the manifest (its `options` model), or None
     add: Callable[["Node"], str]  # add a node (once per id); returns its id
     calibration: Callable[[], str]  # the shared node recording real (chunk, state) pairs at this chunk length

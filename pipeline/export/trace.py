@@ -227,7 +227,7 @@ def capture(model: Any, example: tuple, spec: StreamSpec, out: Path, node_id: st
 
 class TraceStage(Stage):
     name = "trace"
-    version = "6"
+    version = "7"
     tools = ("torch", "numpy")
     Config = TraceConfig
 

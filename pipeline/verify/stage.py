@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.audio.stream import StreamData
-from pipeline.cache import Artifact
+from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.verify.gates import MODEL_TOLERANCES_FILE, Tolerance, judge
@@ -155,7 +155,7 @@ class VerifyStage(Stage):
                 "chunk_ms": spec.chunk_ms,
                 "sample_rate": rate,
                 "artifact_file": contract.artifact,
-                "size_bytes": (artifact_dir / contract.artifact).stat().st_size,
+                "size_bytes": artifact_bytes(artifact_dir / contract.artifact),
                 "steps": steps,
                 "audio_seconds": steps * spec.chunk_samples / rate,
                 "passed": not failures,

@@ -15,7 +15,7 @@ class MirrorOptions(BaseModel):
 
 
 def lower(lowering, precision: str) -> str:
-    return lowering.onnx
+    return lowering.onnx()
 
 
 BACKEND = Backend(

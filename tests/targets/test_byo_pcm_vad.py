@@ -181,7 +181,7 @@ def test_a_512_sample_pcm_model_builds_verifies_and_reports_decision_agreement(v
 def test_the_contract_states_512_samples_and_32_ms_and_how_to_decide(vad_build: dict) -> None:
     for variant in ("onnxruntime-fp32@512smp", "litert-fp32@512smp"):
         contract = json.loads((vad_build["out"] / variant / "contract.json").read_text())
-        assert contract["schema"] == 2
+        assert contract["schema"] == 3
         stream = contract["stream"]
         assert (stream["chunk_samples"], stream["chunk_ms"], stream["frontend"]["sample_rate"]) == (512, 32.0, 16000)
         assert stream["outputs"][0]["kind"] == "probability" and stream["outputs"][0]["threshold"] == 0.5

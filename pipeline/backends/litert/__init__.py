@@ -24,7 +24,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
     from pipeline.dag import Node
 
     suffix = f"@{lowering.chunk.label}"
-    legalized = lowering.add(Node(f"legalize{suffix}", LegalizeStage, LegalizeConfig(), (("model", lowering.onnx),)))
+    legalized = lowering.add(Node(f"legalize{suffix}", LegalizeStage, LegalizeConfig(), (("model", lowering.onnx()),)))
     converted = lowering.add(Node(f"onnx2tf{suffix}", ConvertStage, ConvertConfig(), (("model", legalized),)))
     inputs: tuple[tuple[str, str], ...] = (("model", legalized), ("converted", converted))
     if BACKEND.precision(precision).calibrated:

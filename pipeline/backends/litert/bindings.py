@@ -85,53 +85,9 @@ def calibration_samples(recorded: dict[str, np.ndarray], spec: StreamSpec, bindi
 def check_against_onnx(
     onnx_dir: Path, tflite_dir: Path, recorded: dict[str, np.ndarray] | None, steps: int, precision: str, variant: str, where: str
 ) -> dict:
-    """Outputs of the .tflite (through its contract) against onnxruntime's: a wrong binding fails here, loudly.
-
-    With recorded (chunk, state) pairs: one call per pair. Without: synthetic chunks, onnxruntime
-    feeding back its own state and the .tflite called on the same state each time.
-    Two outputs of one shape bound the wrong way round match each other's reference better than
-    their own, whatever the precision; float files must also stay within FLOAT_BOUNDS.
-    """
+    """Outputs of the .tflite (through its contract) against onnxruntime's: a wrong binding fails here, loudly."""
     from pipeline.backends import get_backend
+    from pipeline.verify.bindcheck import check_reproduces
 
     reference, candidate = get_backend("onnxruntime").open_session(onnx_dir), get_backend("litert").open_session(tflite_dir)
-    spec, names = reference.spec, reference.spec.output_names
-    shape = {n: reference.contract.bindings[n].shape for n in names}
-    pairs = [(a, b) for a in names for b in names if a != b and shape[a] == shape[b]]
-    error, crossed, magnitude = dict.fromkeys(names, 0.0), dict.fromkeys(pairs, 0.0), dict.fromkeys(names, 0.0)
-    rng = np.random.default_rng(0)
-    count = steps if recorded is None else min(steps, len(recorded[spec.input_names[0]]))
-    picks = None if recorded is None else np.linspace(0, len(recorded[spec.input_names[0]]) - 1, count).round().astype(int)
-    for k in range(count):
-        if picks is not None:
-            a = reference.call({n: recorded[n][picks[k]] for n in spec.input_names})  # type: ignore[index]
-            b = candidate.call({n: recorded[n][picks[k]] for n in spec.input_names})  # type: ignore[index]
-        else:
-            scale = 0.1 if spec.frontend.kind == "pcm" else 2.0
-            chunk = {i.name: (rng.standard_normal(i.shape) * scale).astype(np.float32) for i in spec.inputs}
-            # both start each call from onnxruntime's state: the bound is on one call, not on a random-input trajectory
-            feeds, a = reference.advance(chunk)
-            b = candidate.call(feeds)
-        for n in names:
-            error[n] = max(error[n], float(np.abs(a[n] - b[n]).max()))
-            magnitude[n] = max(magnitude[n], float(np.abs(a[n]).max()))
-        for x, y in pairs:
-            crossed[(x, y)] = max(crossed[(x, y)], float(np.abs(a[x] - b[y]).max()))
-    problems = [
-        f"{x} matches the tensor bound to {y} better ({crossed[(x, y)]:.3g}) than its own ({error[x]:.3g})"
-        for x, y in pairs
-        if crossed[(x, y)] < 0.5 * error[x]
-    ]
-    for n in names:
-        bound = FLOAT_BOUNDS.get(precision, np.inf) * max(1.0, magnitude[n])
-        if not error[n] <= bound:
-            b_ = candidate.contract.bindings[n]
-            problems.append(
-                f"{n} (.tflite tensor {b_.name!r}, shape {list(b_.shape)}, {b_.dtype}): max abs error {error[n]:.3g} "
-                f"against onnxruntime exceeds {bound:.3g} (largest |value| {magnitude[n]:.3g})"
-            )
-    if problems:
-        mode = "recorded calibration pairs" if recorded is not None else "synthetic chunks on onnxruntime's state"
-        raise InternalError(f"{variant} ({where}): the .tflite does not reproduce the ONNX graph over {count} {mode}: " + "; ".join(problems))
-    mode = "recorded_pairs" if recorded is not None else "synthetic_on_reference_state"
-    return {"mode": mode, "calls": count, "max_abs": error, "max_abs_reference": magnitude}
+    return check_reproduces(reference, candidate, recorded, steps, FLOAT_BOUNDS.get(precision), ".tflite", "the ONNX graph", variant, where)

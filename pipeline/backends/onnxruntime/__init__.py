@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def lower(lowering: "Lowering", precision: str) -> str:
     # the simplified graph is the artifact; onnxruntime needs no conversion
-    return lowering.onnx
+    return lowering.onnx()
 
 
 BACKEND = Backend(

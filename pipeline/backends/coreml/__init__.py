@@ -1,0 +1,60 @@
+"""Core ML for iOS: `.mlpackage` ML Programs converted by coremltools from the trace stage's graph.
+
+coremltools has no ONNX frontend: every variant converts the captured PyTorch graph itself (the
+ExportedProgram, or the TorchScript fallback), with the contract's tensor names. fp32 and fp16 are
+compute precisions; int8w quantizes the fp16 model's weights; w8a8 its activations too, calibrated
+on the recorded (chunk, state) trajectories through speechport's MIL interpreter (coremltools'
+own calibration calls `predict`, which needs macOS); `stateful` keeps the recurrent state inside
+the model (iOS 18 `ct.StateType`, fp16 buffers). On macOS the session is Core ML itself; on
+Linux, the MIL reference interpreter (`interpreter.py`), not Apple's kernels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.backends.base import Backend, Precision
+from pipeline.backends.coreml.options import CoreMlOptions
+from pipeline.verify.gates import FLOAT16, FLOAT32, INT8_ACTIVATIONS, INT8_WEIGHTS
+
+if TYPE_CHECKING:
+    from pipeline.backends.base import Lowering
+
+
+def lower(lowering: "Lowering", precision: str) -> str:
+    from pipeline.backends.coreml.convert import CoreMlConfig, CoreMlStage
+    from pipeline.dag import Node
+
+    suffix = f"@{lowering.chunk.label}"
+    options: CoreMlOptions = lowering.options
+    inputs: tuple[tuple[str, str], ...] = (("model", lowering.traced),)
+    if BACKEND.precision(precision).calibrated:
+        inputs += (("calibration", lowering.calibration()),)
+    config = CoreMlConfig(
+        precision=precision,  # type: ignore[arg-type]
+        variant=f"coreml-{precision}{suffix}",
+        deployment_target="iOS18" if precision == "stateful" else options.deployment_target,
+        compute_units=options.compute_units,
+        weight_threshold=options.weight_threshold,
+        calibration_samples=options.calibration_samples,
+    )
+    return lowering.add(Node(f"coreml-{precision}{suffix}", CoreMlStage, config, inputs))
+
+
+BACKEND = Backend(
+    name="coreml",
+    description="Core ML ML Programs (.mlpackage) for iOS, converted by coremltools from the captured PyTorch graph.",
+    precisions=(
+        Precision("fp32", "float32 weights and compute", FLOAT32),
+        Precision("fp16", "float16 weights and compute (what the Neural Engine runs), float32 I/O", FLOAT16),
+        Precision("int8w", "int8 weights (linear_quantize_weights), float16 compute", INT8_WEIGHTS),
+        Precision("w8a8", "int8 weights and activations, float16 compute, activations calibrated on real speech", INT8_ACTIVATIONS, calibrated=True),
+        Precision("stateful", "float16, the recurrent state held inside the model (iOS 18 StateType)", FLOAT16),
+    ),
+    tools=("coremltools", "torch"),
+    lowering="pipeline.backends.coreml:lower",
+    session="pipeline.backends.coreml.session:CoreMlSession",
+    options=CoreMlOptions,
+    device_latency=False,  # on Linux the MIL reference interpreter runs it; on macOS the session says so itself
+    runtime_label="MIL reference interpreter (numpy), not Apple's kernels",
+)

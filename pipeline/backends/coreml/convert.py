@@ -1,0 +1,192 @@
+"""coreml: one `.mlpackage` ML Program at one precision, from the trace stage's captured graph.
+
+- fp32, fp16: compute precisions of the conversion itself (float32 I/O either way);
+- int8w: the fp16 model with its weights linearly quantized to int8 (`linear_quantize_weights`);
+- w8a8: activations quantized to int8 too, their ranges measured on the calibrate stage's recorded
+  (chunk, state) pairs by the MIL interpreter (coremltools' calibration calls `predict`, which
+  needs macOS), then the weights;
+- stateful: fp16, the recurrent state in the model (iOS 18), so the app keeps no state tensors.
+
+Then the contract (names read back from the saved model's description), the op listing, and a
+check that the saved package, run by this backend's session, reproduces the PyTorch graph: a wrong
+binding or a conversion route that changed the function fails here, naming the output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.cache import Artifact, artifact_bytes
+from pipeline.contract import Binding, Contract, read_contract, usage_steps, write_contract
+from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.errors import InternalError, ToolchainError
+from pipeline.spec import format_ms
+
+ARTIFACT = "model.mlpackage"
+OPS_FILE = "ops.json"
+CHECK_FILE = "check.json"
+# largest error of an output, as a fraction of max(1, largest |PyTorch value|), a float model may show in one call
+# (each call from PyTorch's state); quantized models are verify's to judge over real speech
+FLOAT_BOUNDS = {"fp32": 1e-4, "fp16": 3e-2, "stateful": 3e-2}
+
+
+class CoreMlConfig(StageConfig):
+    precision: Literal["fp32", "fp16", "int8w", "w8a8", "stateful"] = Field(description="Weights / compute of the ML Program.")
+    variant: str = Field("", exclude=True, description="Variant name for messages, e.g. 'coreml-fp16@20ms' (not part of the key).")
+    deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="minimum_deployment_target of the conversion.")
+    compute_units: str = Field("ALL", description="Compute units the contract asks the app to load the model with.")
+    weight_threshold: int = Field(2048, ge=0, description="int8w/w8a8: weights with fewer elements stay float.")
+    calibration_samples: int | None = Field(None, gt=0, description="w8a8: recorded pairs the activation ranges come from; None: all.")
+    check_steps: int = Field(64, gt=0, description="Calls compared against PyTorch to check the conversion and its bindings.")
+
+
+def mil_ops(package: Path) -> list[str]:
+    """Op types of the saved program's main function, as Core ML will see them (constants excluded)."""
+    from pipeline.backends.coreml.interpreter import load_program
+
+    return [op.op_type for op in load_program(package).functions["main"].operations if op.op_type != "const"]
+
+
+def quantize_weights(model, threshold: int):
+    import coremltools.optimize as cto
+
+    config = cto.coreml.OptimizationConfig(
+        global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=threshold)
+    )
+    return cto.coreml.linear_quantize_weights(model, config)
+
+
+def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]]):
+    """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs."""
+    from pipeline.backends.coreml.activations import quantize_activations as quantize
+    from pipeline.backends.coreml.interpreter import MilInterpreter, activation_ranges
+
+    staged = workdir / "float.mlpackage"
+    model.save(str(staged))
+    ranges = activation_ranges(MilInterpreter(staged), samples)
+    import coremltools.optimize as cto
+
+    config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+    return quantize(model, ranges, config)
+
+
+def coreml_bindings(model, contract: Contract, stateful: bool, variant: str) -> dict[str, Binding]:
+    """Each contract tensor as the saved model describes it (names as coremltools kept them)."""
+    description = model.get_spec().description
+    described = {f.name for f in (*description.input, *description.output)}
+    spec = contract.stream
+    names = {n: n for n in [i.name for i in spec.inputs] + [o.name for o in spec.outputs]}
+    if not stateful:
+        names |= {s.input: s.input for s in spec.states} | {s.output: s.output for s in spec.states}
+    missing = sorted(n for n in names.values() if n not in described)
+    if missing:
+        raise InternalError(f"{variant}: the converted model has no tensor named {missing}; it has {sorted(described)}")
+    bindings = {b: Binding(name=b, shape=t.shape, dtype="float32") for b, t in _contract_tensors(contract).items() if b in names}
+    if stateful:
+        from pipeline.backends.coreml.graph import state_buffer_names
+
+        buffers = state_buffer_names(contract)
+        in_model = {f.name for f in description.state}
+        for s in spec.states:
+            if buffers[s.input] not in in_model:
+                raise InternalError(f"{variant}: the stateful model has no state {buffers[s.input]!r}; it has {sorted(in_model)}")
+            bindings[s.input] = bindings[s.output] = Binding(name=buffers[s.input], shape=s.shape, dtype="float16")
+    return bindings
+
+
+def _contract_tensors(contract: Contract) -> dict:
+    spec = contract.stream
+    tensors = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for s in spec.states:
+        tensors[s.input] = tensors[s.output] = s
+    return tensors
+
+
+class CoreMlStage(Stage):
+    name = "coreml"
+    version = "1"
+    tools = ("coremltools", "torch")
+    Config = CoreMlConfig
+
+    @classmethod
+    def run(cls, config: CoreMlConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
+        import tempfile
+
+        from pipeline.backends import get_backend
+        from pipeline.backends.coreml.graph import convert
+        from pipeline.export.session import TorchSession
+        from pipeline.verify.bindcheck import check_reproduces
+        from pipeline.verify.records import load_calibration
+
+        source = inputs["model"].path
+        contract = read_contract(source)
+        spec = contract.stream
+        variant = config.variant or f"coreml-{config.precision}@{format_ms(spec.chunk_ms)}ms"
+        where, stateful = ctx.node_id, config.precision == "stateful"
+        if config.precision == "w8a8" and "calibration" not in inputs:
+            raise InternalError(f"{variant}: a w8a8 coreml node was planned without a calibration input")
+        if stateful and not spec.states:
+            raise ToolchainError("the model has no recurrent state to keep inside a stateful Core ML model", tool="coremltools", stage=where, variant=variant)
+
+        started = time.perf_counter()
+        model, route = convert(source, contract, config.precision, config.deployment_target, variant, where)
+        recorded = load_calibration(inputs["calibration"].path) if "calibration" in inputs else None
+        workdir = Path(tempfile.mkdtemp(prefix="speechport-coreml-"))
+        try:
+            if config.precision == "w8a8":
+                model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples))
+            if config.precision in ("int8w", "w8a8"):
+                model = quantize_weights(model, config.weight_threshold)
+            model.short_description = f"{contract.target}: {contract.model}, {config.precision}, streaming {format_ms(spec.chunk_ms)} ms chunks"
+            model.user_defined_metadata.update({"speechport.target": contract.target, "speechport.precision": config.precision})
+            model.save(str(workdir / ARTIFACT))
+            shutil.move(str(workdir / ARTIFACT), out / ARTIFACT)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        seconds = time.perf_counter() - started
+
+        ops = mil_ops(out / ARTIFACT)
+        listing = {"precision": config.precision, "route": route, "histogram": dict(sorted(Counter(ops).items()))}
+        (out / OPS_FILE).write_text(json.dumps(listing, indent=1) + "\n")
+        update = {
+            "backend": "coreml",
+            "precision": config.precision,
+            "artifact": ARTIFACT,
+            "bindings": coreml_bindings(model, contract, stateful, variant),
+            "state_in_model": stateful,
+            "runtime": {"compute_units": config.compute_units, "minimum_deployment_target": config.deployment_target},
+        }
+        if stateful:
+            update["usage"] = usage_steps(spec, state_in_model=True)
+        write_contract(out, contract.model_copy(update=update))
+
+        check = check_reproduces(
+            TorchSession(source),
+            get_backend("coreml").open_session(out),
+            recorded,
+            config.check_steps,
+            FLOAT_BOUNDS.get(config.precision),
+            ".mlpackage",
+            f"the PyTorch graph ({route})",
+            variant,
+            where,
+        )
+        (out / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")
+        worst = ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs"].items())
+        ctx.log(f"{variant}: {len(ops)} MIL ops via {route} ({seconds:.1f} s, {artifact_bytes(out / ARTIFACT) / 1e6:.2f} MB); max abs error vs PyTorch: {worst}")
+
+
+def _samples(recorded: dict[str, np.ndarray] | None, names: list[str], limit: int | None) -> list[dict[str, np.ndarray]]:
+    if recorded is None:
+        return []
+    count = len(recorded[names[0]])
+    picks = np.arange(count) if limit is None or limit >= count else np.linspace(0, count - 1, limit).round().astype(int)
+    return [{n: recorded[n][k].astype(np.float32) for n in names} for k in picks]

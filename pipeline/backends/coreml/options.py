@@ -1,0 +1,28 @@
+"""The manifest's `coreml:` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CoreMlOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field(
+        "iOS17",
+        description="Oldest iOS the explicit-state models must load on (the `stateful` variant always needs iOS18). "
+        "iOS17 is the first with activation quantization (w8a8).",
+    )
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field(
+        "ALL", description="Compute units the contract asks the app to load the model with (MLModelConfiguration.computeUnits)."
+    )
+    weight_threshold: int = Field(
+        2048,
+        ge=0,
+        description="int8w and w8a8: weights with fewer elements than this stay float (coremltools' own default); 0 quantizes every weight.",
+    )
+    calibration_samples: int | None = Field(
+        None, gt=0, description="w8a8: recorded (chunk, state) pairs the activation ranges are measured on (evenly spaced); None: all."
+    )

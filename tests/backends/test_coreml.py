@@ -1,0 +1,224 @@
+"""The iOS path: every Core ML variant converted from the captured graph, run by the MIL reference
+interpreter on its own state, the stateful model against the explicit-state one across a reset,
+the contract an iOS app reads, the errors for layers Core ML cannot take, and the stage's cache.
+
+One tiny target (a 1 x 32 LSTM, all five variants) is built once for the module over 25 s of speech.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import dag
+from pipeline import execute as executor
+from pipeline.backends import get_backend
+from pipeline.backends.coreml.convert import CoreMlConfig, CoreMlStage
+from pipeline.cache import Artifact, Cache
+from pipeline.contract import read_contract
+from pipeline.errors import InternalError, ToolchainError
+from pipeline.manifest import load_manifest
+from pipeline.plan import plan
+from tests.conftest import CORPUS, tiny_checkpoint, write_manifest
+
+PRECISIONS = ["fp32", "fp16", "int8w", "w8a8", "stateful"]
+
+
+def manifest(tmp: Path, factory: str = "models.lstm_ctc:build", precisions: list[str] = PRECISIONS, **extra) -> dict:
+    return {
+        "name": "tiny-ios",
+        "model": {"factory": factory, "kwargs": {"hidden": 32, "layers": 1}, "checkpoint": str(tiny_checkpoint(tmp / "tiny.safetensors"))},
+        "chunk_ms": [20],
+        "backends": {"coreml": precisions},
+        "verification": {"corpus": str(CORPUS), "split": "verification", "max_seconds": 25},
+        "calibration": {"corpus": str(CORPUS), "split": "calibration", "max_samples": 300},
+        **extra,
+    }
+
+
+def build(document: dict, path: Path, cache: Path) -> tuple[dict[str, Artifact], dict[str, bool], dag.Graph]:
+    hits: dict[str, bool] = {}
+    events = executor.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    graph = plan(load_manifest(write_manifest(path, **document)))
+    return executor.execute(graph, Cache(cache), "tiny-ios", events), hits, graph
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("ios")
+    document = manifest(tmp)
+    built, hits, graph = build(document, tmp / "m.yaml", tmp / "cache")
+    return {"tmp": tmp, "document": document, "built": built, "hits": hits, "graph": graph}
+
+
+def test_an_ios_target_plans_no_onnx_export(tiny_target: dict) -> None:
+    nodes = set(tiny_target["graph"].nodes)
+    assert {f"coreml-{p}@20ms" for p in PRECISIONS} <= nodes
+    assert not [n for n in nodes if n.startswith(("onnx@", "simplify@"))], sorted(nodes)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_variant_keeps_the_contract_names_and_streams_on_its_own_state(tiny_target: dict, precision: str) -> None:
+    from pipeline.audio.stream import speech_stream, stream_data
+
+    artifact = tiny_target["built"][f"coreml-{precision}@20ms"].path
+    contract = read_contract(artifact)
+    assert (contract.backend, contract.precision, contract.artifact) == ("coreml", precision, "model.mlpackage")
+    assert (artifact / "model.mlpackage" / "Manifest.json").is_file()
+    ops = json.loads((artifact / "ops.json").read_text())["histogram"]
+    assert ops.get("linear") or ops.get("matmul"), ops
+    quantized_weights = ops.get("constexpr_affine_dequantize", 0) + ops.get("constexpr_blockwise_shift_scale", 0)
+    assert (quantized_weights > 0) == (precision in ("int8w", "w8a8")), ops
+    assert (ops.get("quantize", 0) > 0) == (precision == "w8a8"), ops
+    assert (ops.get("coreml_update_state", 0) == 2) == (precision == "stateful"), ops
+    assert contract.state_in_model == (precision == "stateful")
+    for s in contract.stream.states:
+        binding = contract.bindings[s.input]
+        assert binding.dtype == ("float16" if precision == "stateful" else "float32"), binding
+
+    session = get_backend("coreml").open_session(artifact)
+    chunks = speech_stream(stream_data(max_seconds=2, corpus=CORPUS, split="verification"), session.spec).chunks
+    session.reset()
+    for chunk in chunks:
+        _, results = session.advance(chunk)
+        for s in session.spec.states:  # the state it carries is what its own last call produced
+            np.testing.assert_array_equal(session.state[s.input], results[s.output])
+    assert max(float(np.abs(v).max()) for v in session.state.values()) > 0, "the state never left its initial value"
+
+    variant = json.loads((tiny_target["built"][f"verify:coreml-{precision}@20ms"].path / "variant.json").read_text())
+    assert variant["steps"] >= 1000 and variant["size_bytes"] > 0
+    if precision == "fp32":
+        assert variant["passed"], variant["failures"]
+        assert max(o["max_abs"] for o in variant["outputs"].values()) <= 1e-4
+
+
+def test_quantized_weights_shrink_the_package(tiny_target: dict) -> None:
+    sizes = {p: json.loads((tiny_target["built"][f"verify:coreml-{p}@20ms"].path / "variant.json").read_text())["size_bytes"] for p in PRECISIONS}
+    assert sizes["int8w"] < sizes["fp16"] < sizes["fp32"], sizes
+
+
+def test_stateful_model_matches_the_explicit_state_model_across_a_reset(tiny_target: dict) -> None:
+    """Two utterances, the state reset between them: the stateful fp16 model against the explicit-state fp16 one."""
+    from pipeline.audio.stream import speech_stream, stream_data
+
+    stateful = get_backend("coreml").open_session(tiny_target["built"]["coreml-stateful@20ms"].path)
+    explicit = get_backend("coreml").open_session(tiny_target["built"]["coreml-fp16@20ms"].path)
+    chunks = speech_stream(stream_data(max_seconds=6, corpus=CORPUS, split="verification"), stateful.spec).chunks
+    first, second = chunks[: len(chunks) // 2], chunks[len(chunks) // 2 :]
+    name = stateful.spec.outputs[0].name
+    runs = {}
+    for label, session in (("stateful", stateful), ("explicit", explicit)):
+        runs[label] = [session.stream(utterance)[0][name] for utterance in (first, second)]  # stream() resets first
+    for a, b in zip(runs["stateful"], runs["explicit"]):
+        assert np.abs(a - b).max() <= 1e-2 * max(1.0, float(np.abs(b).max())), float(np.abs(a - b).max())
+    # the reset mattered: carrying the first utterance's state into the second changes the outputs
+    stateful.reset()
+    carried = [stateful.step(chunk)[name] for chunk in first + second][len(first) :]
+    assert np.abs(np.stack(carried) - runs["stateful"][1]).max() > 1e-3
+
+    contract = read_contract(tiny_target["built"]["coreml-stateful@20ms"].path)
+    usage = " ".join(contract.usage)
+    assert "create a new model state" in usage and "keeps no state tensors" in usage and "feed it as" not in usage, usage
+    assert contract.runtime["minimum_deployment_target"] == "iOS18"
+
+
+def test_report_labels_interpreter_results(tiny_target: dict) -> None:
+    report = json.loads((tiny_target["built"]["report"].path / "report.json").read_text())
+    for variant in report["variants"]:
+        assert "not Apple's kernels" in variant["runtime"] and variant["device_latency"] is False, variant
+    assert "not Apple's kernels" in (tiny_target["built"]["report"].path / "report.md").read_text()
+
+
+def test_cache_hits_and_a_weight_option_misses_only_the_weight_quantized_nodes(tiny_target: dict) -> None:
+    tmp, document = tiny_target["tmp"], tiny_target["document"]
+    assert not any(tiny_target["hits"].values())
+    _, hits, _ = build(document, tmp / "m.yaml", tmp / "cache")
+    assert all(hits.values()), hits
+    _, hits, _ = build({**document, "coreml": {"weight_threshold": 0}}, tmp / "m.yaml", tmp / "cache")
+    assert {n for n, hit in hits.items() if not hit} == {
+        "coreml-int8w@20ms", "coreml-w8a8@20ms", "verify:coreml-int8w@20ms", "verify:coreml-w8a8@20ms", "report"
+    }
+
+
+class Erfinv(torch.nn.Module):
+    """A streaming model with a layer Core ML has no conversion for (erfinv), in a named submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(80, 8)
+        self.warp = WarpLayer()
+
+    def forward(self, feats, h_in):
+        h_out = torch.tanh(self.proj(feats).mean(0, keepdim=True) + h_in)
+        return self.warp(h_out).expand(2, 8), h_out
+
+
+class WarpLayer(torch.nn.Module):
+    def forward(self, x):
+        return torch.erfinv(0.5 * torch.tanh(x))
+
+
+def _captured(tmp: Path, module: torch.nn.Module) -> Path:
+    """A trace-stage artifact (ExportedProgram + contract) for `module`, as the trace stage writes it."""
+    from pipeline.contract import Contract, identity_bindings, write_contract
+    from pipeline.spec import StreamSpec
+
+    spec = StreamSpec.model_validate(
+        {
+            "chunk_ms": 20,
+            "frontend": {"kind": "logmel"},
+            "inputs": [{"name": "feats", "shape": [2, 80], "time_axis": 0}],
+            "states": [{"input": "h_in", "output": "h_out", "shape": [1, 8]}],
+            "outputs": [{"name": "scores", "shape": [2, 8], "time_axis": 0}],
+        }
+    )
+    source = tmp / "trace"
+    source.mkdir()
+    program = torch.export.export(module.eval(), (torch.zeros(2, 80), torch.zeros(1, 8)))
+    torch.export.save(program, str(source / "model.pt2"))
+    contract = Contract(target="t", model="tests", backend="torch", precision="fp32", artifact="model.pt2", stream=spec, bindings=identity_bindings(spec))
+    write_contract(source, contract)
+    return source
+
+
+def test_a_layer_core_ml_cannot_take_fails_naming_the_op_and_the_layer(tmp_path: Path) -> None:
+    source = _captured(tmp_path, Erfinv())
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ToolchainError) as caught:
+        CoreMlStage.run(CoreMlConfig(precision="fp16", variant="coreml-fp16@20ms"), {"model": Artifact("trace", "k", source, "d")}, out, dag.StageContext("coreml-fp16@20ms"))
+    message = str(caught.value)
+    for part in ("erfinv", "warp", "WarpLayer", "coreml-fp16@20ms", "coremltools"):
+        assert part in message, message
+    assert caught.value.op == "erfinv" and not (out / "model.mlpackage").exists()
+
+
+def test_a_conversion_that_changes_the_function_fails_its_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after conversion holds the saved package to PyTorch: a conversion route (or adapter) that computes
+    something else fails the stage naming the output, rather than reaching verification."""
+    from pipeline.backends.coreml import graph
+
+    class Doubled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(80, 8)
+
+        def forward(self, feats, h_in):
+            h_out = torch.tanh(self.proj(feats).mean(0, keepdim=True) + h_in)
+            return 2.0 * h_out.expand(2, 8), h_out
+
+    source = _captured(tmp_path, Doubled())
+    (tmp_path / "wrong").mkdir()
+    wrong = _captured(tmp_path / "wrong", Doubled())  # the same layers with other (random) weights
+    real_convert = graph.convert
+    monkeypatch.setattr(graph, "convert", lambda trace_dir, *args: real_convert(wrong, *args))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InternalError) as caught:
+        CoreMlStage.run(CoreMlConfig(precision="fp32", variant="coreml-fp32@20ms"), {"model": Artifact("trace", "k", source, "d")}, out, dag.StageContext("coreml-fp32@20ms"))
+    message = str(caught.value)
+    assert "coreml-fp32@20ms" in message and "scores" in message and "does not reproduce" in message, message
