@@ -35,8 +35,10 @@ def lower(lowering: "Lowering", precision: str) -> str:
         variant=f"coreml-{precision}{suffix}",
         deployment_target="iOS18" if precision == "stateful" else options.deployment_target,
         compute_units=options.compute_units,
-        weight_threshold=options.weight_threshold,
-        calibration_samples=options.calibration_samples,
+        # each option keys only the variants it changes
+        weight_threshold=options.weight_threshold if precision in ("int8w", "w8a8") else None,
+        calibration_samples=options.calibration_samples if precision == "w8a8" else None,
+        keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]
     )
     return lowering.add(Node(f"coreml-{precision}{suffix}", CoreMlStage, config, inputs))
 

@@ -43,8 +43,9 @@ class CoreMlConfig(StageConfig):
     variant: str = Field("", exclude=True, description="Variant name for messages, e.g. 'coreml-fp16@20ms' (not part of the key).")
     deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="minimum_deployment_target of the conversion.")
     compute_units: str = Field("ALL", description="Compute units the contract asks the app to load the model with.")
-    weight_threshold: int = Field(2048, ge=0, description="int8w/w8a8: weights with fewer elements stay float.")
+    weight_threshold: int | None = Field(None, ge=0, description="int8w/w8a8: weights with fewer elements stay float (None: not quantized).")
     calibration_samples: int | None = Field(None, gt=0, description="w8a8: recorded pairs the activation ranges come from; None: all.")
+    keep_float_states: tuple[str, ...] = Field((), description="w8a8: state inputs whose recurrence keeps fp16 activations.")
     check_steps: int = Field(64, gt=0, description="Calls compared against PyTorch to check the conversion and its bindings.")
 
 
@@ -64,8 +65,9 @@ def quantize_weights(model, threshold: int):
     return cto.coreml.linear_quantize_weights(model, config)
 
 
-def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]]):
-    """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs."""
+def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]], keep_float: tuple[str, ...]):
+    """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs;
+    the ops named in `keep_float` keep fp16 activations."""
     from pipeline.backends.coreml.activations import quantize_activations as quantize
     from pipeline.backends.coreml.interpreter import MilInterpreter, activation_ranges
 
@@ -74,7 +76,10 @@ def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarra
     ranges = activation_ranges(MilInterpreter(staged), samples)
     import coremltools.optimize as cto
 
-    config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+    config = cto.coreml.OptimizationConfig(
+        global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
+        op_name_configs=dict.fromkeys(keep_float),  # None: leave the op's activations alone
+    )
     return quantize(model, ranges, config)
 
 
@@ -121,7 +126,7 @@ class CoreMlStage(Stage):
         import tempfile
 
         from pipeline.backends import get_backend
-        from pipeline.backends.coreml.graph import convert
+        from pipeline.backends.coreml.graph import convert, quiet
         from pipeline.export.session import TorchSession
         from pipeline.verify.bindcheck import check_reproduces
         from pipeline.verify.records import load_calibration
@@ -136,15 +141,19 @@ class CoreMlStage(Stage):
         if stateful and not spec.states:
             raise ToolchainError("the model has no recurrent state to keep inside a stateful Core ML model", tool="coremltools", stage=where, variant=variant)
 
-        started = time.perf_counter()
+        started, keep = time.perf_counter(), ()
         model, route = convert(source, contract, config.precision, config.deployment_target, variant, where)
         recorded = load_calibration(inputs["calibration"].path) if "calibration" in inputs else None
         workdir = Path(tempfile.mkdtemp(prefix="speechport-coreml-"))
         try:
-            if config.precision == "w8a8":
-                model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples))
-            if config.precision in ("int8w", "w8a8"):
-                model = quantize_weights(model, config.weight_threshold)
+            with quiet():
+                if config.precision == "w8a8":
+                    from pipeline.backends.coreml.recurrence import recurrence_ops
+
+                    keep = recurrence_ops(model._mil_program, spec, config.keep_float_states, variant, where)
+                    model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples), keep)
+                if config.precision in ("int8w", "w8a8"):
+                    model = quantize_weights(model, 2048 if config.weight_threshold is None else config.weight_threshold)
             model.short_description = f"{contract.target}: {contract.model}, {config.precision}, streaming {format_ms(spec.chunk_ms)} ms chunks"
             model.user_defined_metadata.update({"speechport.target": contract.target, "speechport.precision": config.precision})
             model.save(str(workdir / ARTIFACT))
@@ -154,7 +163,7 @@ class CoreMlStage(Stage):
         seconds = time.perf_counter() - started
 
         ops = mil_ops(out / ARTIFACT)
-        listing = {"precision": config.precision, "route": route, "histogram": dict(sorted(Counter(ops).items()))}
+        listing = {"precision": config.precision, "route": route, "histogram": dict(sorted(Counter(ops).items())), "kept_float": list(keep)}
         (out / OPS_FILE).write_text(json.dumps(listing, indent=1) + "\n")
         update = {
             "backend": "coreml",

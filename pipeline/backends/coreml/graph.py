@@ -30,6 +30,15 @@ ROUTE_TORCHSCRIPT = "TorchScript module (the trace stage's fallback)"
 ROUTE_STATEFUL = "captured graph with its state in fp16 buffers, torch.jit.trace"
 
 
+@contextlib.contextmanager
+def quiet():
+    """coremltools' progress bars and warnings (the converter's full output is not the build's)."""
+    log = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        warnings.simplefilter("ignore")
+        yield log
+
+
 def buffer_name(state_input: str, taken: set[str]) -> str:
     """A Python identifier for the state buffer (the name the app sees in the model's state description)."""
     name = re.sub(r"\W", "_", state_input)
@@ -113,9 +122,7 @@ def convert(trace_dir: Path, contract: Contract, precision: str, deployment_targ
     spec = contract.stream
 
     def run(source: Any, route: str) -> tuple[Any, str]:
-        log = io.StringIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            warnings.simplefilter("ignore")
+        with quiet():
             model = ct.convert(
                 source,
                 inputs=inputs,

@@ -23,6 +23,12 @@ class CoreMlOptions(BaseModel):
         ge=0,
         description="int8w and w8a8: weights with fewer elements than this stay float (coremltools' own default); 0 quantizes every weight.",
     )
+    keep_float_states: dict[Literal["w8a8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="w8a8 only: state inputs (e.g. c_in) whose recurrence keeps fp16 activations: every op on a path "
+        "from the state input to its state output, and every op reading such a value (found in the converted program "
+        "by structure, so it holds at any chunk length).",
+    )
     calibration_samples: int | None = Field(
         None, gt=0, description="w8a8: recorded (chunk, state) pairs the activation ranges are measured on (evenly spaced); None: all."
     )

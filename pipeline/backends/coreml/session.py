@@ -21,9 +21,13 @@ class _Interpreted:
     """The MIL reference interpreter behind the same three calls as Core ML's MLModel."""
 
     def __init__(self, package: Path) -> None:
-        from pipeline.backends.coreml.interpreter import MilInterpreter
+        from pipeline.backends.coreml.interpreter import MilInterpreter, UnsupportedMilOp
+        from pipeline.errors import ToolchainError
 
-        self._program = MilInterpreter(package)
+        try:
+            self._program = MilInterpreter(package)
+        except UnsupportedMilOp as error:  # the model is fine; this Linux stand-in for Core ML cannot run it yet
+            raise ToolchainError(str(error), tool="speechport", op=getattr(error, "op_type", None)) from None
 
     def make_state(self) -> dict[str, np.ndarray]:
         return self._program.make_state()
