@@ -385,3 +385,31 @@ def test_quantize_activations_builds_what_coremltools_builds_from_the_same_value
 
     assert quantization(ours) == quantization(theirs)
     assert len(quantization(ours)) >= 6
+
+
+class Residual(nn.Module):
+    """A state output also read inside the model (h_out = add(...) -> concat -> head), as in models.kws."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, h_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.cell(x)) + h_in * 0.5
+        return self.head(torch.cat([h_in, h], dim=0)), h
+
+
+def test_quantize_activations_names_the_ops_coremltools_cannot_quantize() -> None:
+    inputs = {"x": (1, 8), "h_in": (1, 8)}
+    mlmodel = _convert(_seeded(Residual), inputs, ("logits", "h_out"), "fp16")
+    interpreter = MilInterpreter(Path(mlmodel.package_path))
+    ranges = activation_ranges(interpreter, _samples(inputs, 4))
+    main = load_program(Path(mlmodel.package_path)).functions["main"]
+    (producer,) = [var.op.name for var in main.outputs if var.name == "h_out"]
+    linear = ct.optimize.coreml.OpLinearQuantizerConfig(mode="linear_symmetric")
+    with pytest.raises(ValueError, match=rf"op_name_configs=.*\['{producer}'\]"):
+        quantize_activations(mlmodel, ranges, _weight_config(linear))
+    config = ct.optimize.coreml.OptimizationConfig(global_config=linear, op_name_configs={producer: None})
+    quantized = quantize_activations(mlmodel, ranges, config)
+    got = MilInterpreter(Path(quantized.package_path)).run(_samples(inputs, 1)[0])
+    assert set(got) == {"logits", "h_out"}

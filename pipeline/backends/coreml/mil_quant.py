@@ -39,10 +39,13 @@ def _build_quantize(op: Any, ctx: OpContext) -> Step:
     lo, hi = F32(np.iinfo(dtype).min), F32(np.iinfo(dtype).max)
     a, o = ctx.slot(op.input), _out(op, ctx)
 
+    symmetric = not np.any(zero_point)
+
     def step(v: Values) -> None:
         q = np.rint(v[a].astype(F32) / scale)  # rint: round half to even, as Core ML does
-        q += zero_point
-        v[o] = np.clip(q, lo, hi).astype(dtype)
+        if not symmetric:
+            q += zero_point
+        v[o] = np.clip(q, lo, hi, out=q).astype(dtype)
 
     return step
 
@@ -52,8 +55,14 @@ def _build_dequantize(op: Any, ctx: OpContext) -> Step:
     dtype = np_dtype(op.outputs[0])
     a, o = ctx.slot(op.input), _out(op, ctx)
 
+    symmetric = not np.any(zero_point)
+
     def step(v: Values) -> None:
-        v[o] = ((v[a].astype(F32) - zero_point) * scale).astype(dtype)
+        q = v[a].astype(F32)
+        if not symmetric:
+            q -= zero_point
+        q *= scale
+        v[o] = q.astype(dtype, copy=False)
 
     return step
 
