@@ -413,3 +413,33 @@ def test_quantize_activations_names_the_ops_coremltools_cannot_quantize() -> Non
     quantized = quantize_activations(mlmodel, ranges, config)
     got = MilInterpreter(Path(quantized.package_path)).run(_samples(inputs, 1)[0])
     assert set(got) == {"logits", "h_out"}
+
+
+class TracedLstm(nn.Module):
+    """nn.LSTM as a TorchScript trace keeps it whole: the MIL `lstm` op (torch.export would decompose it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True)
+
+    def forward(self, x: torch.Tensor, h_in: torch.Tensor, c_in: torch.Tensor):
+        y, (h, c) = self.lstm(x, (h_in, c_in))
+        return y, h, c
+
+
+def test_lstm_op_matches_torch(tmp_path: Path) -> None:
+    inputs = {"x": (1, 3, 6), "h_in": (2, 1, 8), "c_in": (2, 1, 8)}
+    module = _seeded(TracedLstm)
+    traced = torch.jit.trace(module, tuple(torch.zeros(shape) for shape in inputs.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=n, shape=s) for n, s in inputs.items()],
+                             outputs=[ct.TensorType(name=n) for n in ("y", "h_out", "c_out")], convert_to="mlprogram",
+                             compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS17)
+    path = _save(mlmodel, tmp_path / "lstm.mlpackage")
+    assert [op.op_type for op in load_program(path).functions["main"].operations].count("lstm") == 2
+    interpreter = MilInterpreter(path)
+    for feeds in _samples(inputs, 3):
+        got = interpreter.run(feeds)
+        for name, want in zip(("y", "h_out", "c_out"), _torch_outputs(module, feeds)):
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)

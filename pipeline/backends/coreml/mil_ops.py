@@ -108,7 +108,7 @@ def _binary(ufunc: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[
     return build
 
 
-def _sigmoid32(x: np.ndarray) -> np.ndarray:
+def sigmoid32(x: np.ndarray) -> np.ndarray:
     # tanh form: no overflow warning from exp(-x) for very negative x.
     r = x * F32(0.5)
     np.tanh(r, out=r)
@@ -144,7 +144,7 @@ def _build_gelu(op: Any, ctx: OpContext) -> Step:
         c = F32(math.sqrt(2.0 / math.pi))
         kernel = lambda x: F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
     elif mode == "SIGMOID_APPROXIMATION":
-        kernel = lambda x: x * _sigmoid32(F32(1.702) * x)
+        kernel = lambda x: x * sigmoid32(F32(1.702) * x)
     else:
         kernel = lambda x: F32(0.5) * x * (F32(1.0) + _erf32(x * F32(1.0 / math.sqrt(2.0))))
     return _float_op(op, ctx, kernel, ("x",))
@@ -335,8 +335,8 @@ OPS: dict[str, Callable[[Any, OpContext], Step]] = {
     "relu": _unary(lambda x: np.maximum(x, x.dtype.type(0))),
     "identity": _build_identity, "cast": _build_cast,
     # composite float kernels
-    "sigmoid": lambda op, ctx: _float_op(op, ctx, _sigmoid32, ("x",)),
-    "silu": lambda op, ctx: _float_op(op, ctx, lambda x: x * _sigmoid32(x), ("x",)),
+    "sigmoid": lambda op, ctx: _float_op(op, ctx, sigmoid32, ("x",)),
+    "silu": lambda op, ctx: _float_op(op, ctx, lambda x: x * sigmoid32(x), ("x",)),
     "erf": lambda op, ctx: _float_op(op, ctx, _erf32, ("x",)),
     "softplus": lambda op, ctx: _float_op(op, ctx, lambda x: np.logaddexp(F32(0), x), ("x",)),
     "relu6": lambda op, ctx: _float_op(op, ctx, lambda x: np.clip(x, F32(0), F32(6)), ("x",)),
