@@ -430,9 +430,9 @@ class TracedLstm(nn.Module):
 def test_lstm_op_matches_torch(tmp_path: Path) -> None:
     inputs = {"x": (1, 3, 6), "h_in": (2, 1, 8), "c_in": (2, 1, 8)}
     module = _seeded(TracedLstm)
-    traced = torch.jit.trace(module, tuple(torch.zeros(shape) for shape in inputs.values()))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the tracer's notes on nn.LSTM's Python-level checks
+        traced = torch.jit.trace(module, tuple(torch.zeros(shape) for shape in inputs.values()))
         mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=n, shape=s) for n, s in inputs.items()],
                              outputs=[ct.TensorType(name=n) for n in ("y", "h_out", "c_out")], convert_to="mlprogram",
                              compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS17)
