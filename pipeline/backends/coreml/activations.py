@@ -28,7 +28,10 @@ model outputs get a range too (see `calibration_stats`).
 
 coremltools 9.0 quantizes activations of fp16 programs only: on an fp32 program its
 suffix pass builds fp16 scales for fp32 tensors and fails ("scale has dtype fp16 whereas
-input has dtype fp32"). Convert with compute_precision=FLOAT16 first.
+input has dtype fp32"). Convert with compute_precision=FLOAT16 first. And its suffix pass
+cannot re-create an op whose output is a model output also read inside the model (a
+state output `h_out = add(...)` feeding the head): leave such ops in float through
+`op_name_configs` (the error raised here names them).
 """
 
 from __future__ import annotations
@@ -97,4 +100,22 @@ def quantize_activations(mlmodel: Any, ranges: dict[str, tuple[float, float]], c
         return stats
 
     with mock.patch.object(post_training, seam, measured_by_interpreter):
-        return post_training.linear_quantize_activations(mlmodel, config, sample_data=[])
+        try:
+            return post_training.linear_quantize_activations(mlmodel, config, sample_data=[])
+        except ValueError as error:
+            if "that's block" not in str(error):
+                raise
+            names = _ops_feeding_outputs_and_ops(mlmodel)
+            raise ValueError(
+                f"coremltools cannot quantize the output of an op whose result is both a model output and used "
+                f"inside the model ({error}); leave such ops in float with "
+                f"OptimizationConfig(..., op_name_configs={{name: None for name in {names}}})"
+            ) from error
+
+
+def _ops_feeding_outputs_and_ops(mlmodel: Any) -> list[str]:
+    """Names of ops whose output is a model output that other ops also read (e.g. a state `h_out`)."""
+    from pipeline.backends.coreml.interpreter import load_program
+
+    main = load_program(mlmodel.package_path).functions["main"]
+    return sorted(var.op.name for var in main.outputs if var.op is not None and var.child_ops)

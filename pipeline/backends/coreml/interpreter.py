@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from pipeline.backends.coreml import mil_layout, mil_ops, mil_quant
+from pipeline.backends.coreml import mil_layout, mil_ops, mil_quant, mil_recurrent
 
 Observer = Callable[[str, np.ndarray], None]
-KERNELS: dict[str, Callable] = {**mil_ops.OPS, **mil_layout.OPS, **mil_quant.OPS}
+KERNELS: dict[str, Callable] = {**mil_ops.OPS, **mil_layout.OPS, **mil_quant.OPS, **mil_recurrent.OPS}
 
 
 class UnsupportedMilOp(Exception):

@@ -9,14 +9,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.backends.coreml.mil_ops import OpContext, Step, Values, _out, _static_shape
+from pipeline.backends.coreml.mil_ops import OpContext, Step, Values, out_slot, static_shape
 
 
 # ---------------------------------------------------------------- layout
 
 def _build_reshape_like(op: Any, ctx: OpContext) -> Step:
     # reshape / expand_dims / squeeze: the output type already holds the static shape.
-    a, o, shape = ctx.slot(op.x), _out(op, ctx), _static_shape(op.outputs[0])
+    a, o, shape = ctx.slot(op.x), out_slot(op, ctx), static_shape(op.outputs[0])
 
     def step(v: Values) -> None:
         v[o] = v[a].reshape(shape)
@@ -25,7 +25,7 @@ def _build_reshape_like(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_transpose(op: Any, ctx: OpContext) -> Step:
-    a, o, perm = ctx.slot(op.x), _out(op, ctx), tuple(int(p) for p in ctx.param(op, "perm"))
+    a, o, perm = ctx.slot(op.x), out_slot(op, ctx), tuple(int(p) for p in ctx.param(op, "perm"))
 
     def step(v: Values) -> None:
         v[o] = v[a].transpose(perm)
@@ -33,7 +33,8 @@ def _build_transpose(op: Any, ctx: OpContext) -> Step:
     return step
 
 
-def _slices(op: Any, ctx: OpContext, x_shape: tuple[int, ...]) -> tuple[tuple, tuple[int, ...]]:
+def _slices(op: Any, ctx: OpContext, x_shape: tuple[int, ...]) -> tuple:
+    """The numpy index of a MIL slice (begin/end/stride with masks), resolved once at load."""
     rank = len(x_shape)
     begin = [int(b) for b in ctx.param(op, "begin")]
     end = [int(e) for e in ctx.param(op, "end")]
@@ -47,12 +48,12 @@ def _slices(op: Any, ctx: OpContext, x_shape: tuple[int, ...]) -> tuple[tuple, t
             index.append(begin[i] % x_shape[i])  # pure index: the axis goes away
             continue
         index.append(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], stride[i]))
-    return tuple(index), tuple(i for i in range(rank) if squeeze_mask[i])
+    return tuple(index)
 
 
 def _build_slice_by_index(op: Any, ctx: OpContext) -> Step:
-    index, _ = _slices(op, ctx, _static_shape(op.x))
-    a, o = ctx.slot(op.x), _out(op, ctx)
+    index = _slices(op, ctx, static_shape(op.x))
+    a, o = ctx.slot(op.x), out_slot(op, ctx)
 
     def step(v: Values) -> None:
         v[o] = v[a][index]
@@ -61,9 +62,9 @@ def _build_slice_by_index(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_slice_update(op: Any, ctx: OpContext) -> Step:
-    index, _ = _slices(op, ctx, _static_shape(op.x))
-    a, u, o = ctx.slot(op.x), ctx.slot(op.update), _out(op, ctx)
-    target_shape = np.empty(_static_shape(op.x), dtype=np.bool_)[index].shape
+    index = _slices(op, ctx, static_shape(op.x))
+    a, u, o = ctx.slot(op.x), ctx.slot(op.update), out_slot(op, ctx)
+    target_shape = np.empty(static_shape(op.x), dtype=np.bool_)[index].shape
 
     def step(v: Values) -> None:
         r = v[a].copy()
@@ -75,8 +76,8 @@ def _build_slice_update(op: Any, ctx: OpContext) -> Step:
 
 def _build_concat(op: Any, ctx: OpContext) -> Step:
     ins = [ctx.slot(x) for x in op.values]
-    axis, o = int(ctx.param(op, "axis")), _out(op, ctx)
-    out_shape = _static_shape(op.outputs[0])
+    axis, o = int(ctx.param(op, "axis")), out_slot(op, ctx)
+    out_shape = static_shape(op.outputs[0])
     if bool(ctx.param(op, "interleave", False)):
         rank = len(out_shape)
         stack_axis = axis % rank + 1
@@ -93,7 +94,7 @@ def _build_concat(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_stack(op: Any, ctx: OpContext) -> Step:
-    ins, axis, o = [ctx.slot(x) for x in op.values], int(ctx.param(op, "axis")), _out(op, ctx)
+    ins, axis, o = [ctx.slot(x) for x in op.values], int(ctx.param(op, "axis")), out_slot(op, ctx)
 
     def step(v: Values) -> None:
         v[o] = np.stack([v[i] for i in ins], axis=axis)
@@ -102,8 +103,8 @@ def _build_stack(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_split(op: Any, ctx: OpContext) -> Step:
-    axis = int(ctx.param(op, "axis")) % len(_static_shape(op.x))
-    sizes = [_static_shape(out)[axis] for out in op.outputs]
+    axis = int(ctx.param(op, "axis")) % len(static_shape(op.x))
+    sizes = [static_shape(out)[axis] for out in op.outputs]
     bounds = np.cumsum(sizes)[:-1].tolist()
     a, outs = ctx.slot(op.x), [ctx.slot(out) for out in op.outputs]
 
@@ -117,13 +118,13 @@ def _build_split(op: Any, ctx: OpContext) -> Step:
 def _build_pad(op: Any, ctx: OpContext) -> Step:
     mode = str(ctx.param(op, "mode", "constant"))
     pad = [int(p) for p in ctx.param(op, "pad")]
-    rank = len(_static_shape(op.x))
+    rank = len(static_shape(op.x))
     pairs = [(0, 0)] * (rank - len(pad) // 2) + [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
     value = ctx.param(op, "constant_val", 0.0)
     np_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}.get(mode)
     if np_mode is None:
         raise NotImplementedError(f"pad '{op.name}': mode '{mode}'")
-    a, o = ctx.slot(op.x), _out(op, ctx)
+    a, o = ctx.slot(op.x), out_slot(op, ctx)
     kwargs = {"constant_values": value} if np_mode == "constant" else {}
 
     def step(v: Values) -> None:
@@ -135,7 +136,7 @@ def _build_pad(op: Any, ctx: OpContext) -> Step:
 # ---------------------------------------------------------------- iOS18 states
 
 def _build_read_state(op: Any, ctx: OpContext) -> Step:
-    s, o = ctx.slot(op.input), _out(op, ctx)
+    s, o = ctx.slot(op.input), out_slot(op, ctx)
 
     def step(v: Values) -> None:
         v[o] = v[s].copy()
@@ -144,7 +145,7 @@ def _build_read_state(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_update_state(op: Any, ctx: OpContext) -> Step:
-    s, x, o = ctx.slot(op.state), ctx.slot(op.value), _out(op, ctx)
+    s, x, o = ctx.slot(op.state), ctx.slot(op.value), out_slot(op, ctx)
 
     def step(v: Values) -> None:
         np.copyto(v[s], v[x])  # in place: the caller's state buffer carries over to the next call

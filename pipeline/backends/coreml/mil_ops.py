@@ -52,11 +52,11 @@ def np_dtype(var: Any) -> np.dtype:
     return np.dtype(types.nptype_from_builtin(var.dtype))
 
 
-def _out(op: Any, ctx: OpContext, index: int = 0) -> int:
+def out_slot(op: Any, ctx: OpContext, index: int = 0) -> int:
     return ctx.slot(op.outputs[index])
 
 
-def _static_shape(var: Any) -> tuple[int, ...]:
+def static_shape(var: Any) -> tuple[int, ...]:
     shape = tuple(var.shape)
     if not all(isinstance(d, (int, np.integer)) for d in shape):
         raise NotImplementedError(f"'{var.name}' has a symbolic shape {shape}; only static shapes are supported")
@@ -66,7 +66,7 @@ def _static_shape(var: Any) -> tuple[int, ...]:
 def _float_op(op: Any, ctx: OpContext, kernel: Callable[..., np.ndarray], names: tuple[str, ...]) -> Step:
     """A composite float kernel: float32 in, float32 compute, rounded to the output's dtype."""
     ins = [ctx.slot(op.inputs[n]) for n in names]
-    o, dtype = _out(op, ctx), np_dtype(op.outputs[0])
+    o, dtype = out_slot(op, ctx), np_dtype(op.outputs[0])
     if len(ins) == 1:
         (a,) = ins
 
@@ -85,7 +85,7 @@ def _float_op(op: Any, ctx: OpContext, kernel: Callable[..., np.ndarray], names:
 
 def _unary(ufunc: Callable[[np.ndarray], np.ndarray]) -> Callable[[Any, OpContext], Step]:
     def build(op: Any, ctx: OpContext) -> Step:
-        a, o = ctx.slot(op.x), _out(op, ctx)
+        a, o = ctx.slot(op.x), out_slot(op, ctx)
 
         def step(v: Values) -> None:
             v[o] = ufunc(v[a])
@@ -97,7 +97,7 @@ def _unary(ufunc: Callable[[np.ndarray], np.ndarray]) -> Callable[[Any, OpContex
 
 def _binary(ufunc: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[Any, OpContext], Step]:
     def build(op: Any, ctx: OpContext) -> Step:
-        a, b, o = ctx.slot(op.x), ctx.slot(op.y), _out(op, ctx)
+        a, b, o = ctx.slot(op.x), ctx.slot(op.y), out_slot(op, ctx)
         dtype = np_dtype(op.outputs[0])
 
         def step(v: Values) -> None:
@@ -108,7 +108,7 @@ def _binary(ufunc: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[
     return build
 
 
-def _sigmoid32(x: np.ndarray) -> np.ndarray:
+def sigmoid32(x: np.ndarray) -> np.ndarray:
     # tanh form: no overflow warning from exp(-x) for very negative x.
     r = x * F32(0.5)
     np.tanh(r, out=r)
@@ -144,7 +144,7 @@ def _build_gelu(op: Any, ctx: OpContext) -> Step:
         c = F32(math.sqrt(2.0 / math.pi))
         kernel = lambda x: F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
     elif mode == "SIGMOID_APPROXIMATION":
-        kernel = lambda x: x * _sigmoid32(F32(1.702) * x)
+        kernel = lambda x: x * sigmoid32(F32(1.702) * x)
     else:
         kernel = lambda x: F32(0.5) * x * (F32(1.0) + _erf32(x * F32(1.0 / math.sqrt(2.0))))
     return _float_op(op, ctx, kernel, ("x",))
@@ -161,7 +161,7 @@ def _build_leaky_relu(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_cast(op: Any, ctx: OpContext) -> Step:
-    a, o, dtype = ctx.slot(op.x), _out(op, ctx), np_dtype(op.outputs[0])
+    a, o, dtype = ctx.slot(op.x), out_slot(op, ctx), np_dtype(op.outputs[0])
 
     def step(v: Values) -> None:
         v[o] = v[a].astype(dtype)
@@ -170,7 +170,7 @@ def _build_cast(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_identity(op: Any, ctx: OpContext) -> Step:
-    a, o = ctx.slot(op.x), _out(op, ctx)
+    a, o = ctx.slot(op.x), out_slot(op, ctx)
 
     def step(v: Values) -> None:
         v[o] = v[a]
@@ -187,7 +187,7 @@ def _build_linear(op: Any, ctx: OpContext) -> Step:
     weight_t = np.ascontiguousarray(weight.astype(F32).T)  # [in, out]: x @ weight_t without a per-call transpose
     bias = ctx.constant(op.bias) if op.bias is not None else None
     bias = None if bias is None or not np.any(bias) else bias.astype(F32)
-    a, o, dtype = ctx.slot(op.x), _out(op, ctx), np_dtype(op.outputs[0])
+    a, o, dtype = ctx.slot(op.x), out_slot(op, ctx), np_dtype(op.outputs[0])
 
     def step(v: Values) -> None:
         r = v[a].astype(F32, copy=False) @ weight_t
@@ -240,14 +240,14 @@ def _build_conv(op: Any, ctx: OpContext) -> Step:
     weight = ctx.constant(op.weight)
     if weight is None:
         raise NotImplementedError(f"conv '{op.name}' has a non-constant weight")
-    x_shape = _static_shape(op.x)
+    x_shape = static_shape(op.x)
     n_spatial = len(x_shape) - 2
     groups = int(ctx.param(op, "groups", 1))
     strides = tuple(int(s) for s in ctx.param(op, "strides", [1] * n_spatial))
     dilations = tuple(int(d) for d in ctx.param(op, "dilations", [1] * n_spatial))
     c_out, kernel = weight.shape[0], tuple(weight.shape[2:])
     pads = _conv_padding(op, ctx, x_shape[2:], kernel, strides, dilations)
-    out_spatial = _static_shape(op.outputs[0])[2:]
+    out_spatial = static_shape(op.outputs[0])[2:]
     # im2col by taps: one strided slice per kernel position, then one (grouped) matmul.
     taps = []
     for offsets in itertools.product(*[range(k) for k in kernel]):
@@ -290,10 +290,10 @@ def _build_softmax(op: Any, ctx: OpContext) -> Step:
 
 
 def _build_layer_norm(op: Any, ctx: OpContext) -> Step:
-    rank = len(_static_shape(op.x))
+    rank = len(static_shape(op.x))
     axes = tuple(sorted(int(a) % rank for a in ctx.param(op, "axes")))
     eps = F32(ctx.param(op, "epsilon", 1e-5))
-    shape = tuple(d if i in axes else 1 for i, d in enumerate(_static_shape(op.x)))
+    shape = tuple(d if i in axes else 1 for i, d in enumerate(static_shape(op.x)))
     gamma, beta = ctx.param(op, "gamma"), ctx.param(op, "beta")
     gamma = None if gamma is None else gamma.astype(F32).reshape(shape)
     beta = None if beta is None else beta.astype(F32).reshape(shape)
@@ -335,8 +335,8 @@ OPS: dict[str, Callable[[Any, OpContext], Step]] = {
     "relu": _unary(lambda x: np.maximum(x, x.dtype.type(0))),
     "identity": _build_identity, "cast": _build_cast,
     # composite float kernels
-    "sigmoid": lambda op, ctx: _float_op(op, ctx, _sigmoid32, ("x",)),
-    "silu": lambda op, ctx: _float_op(op, ctx, lambda x: x * _sigmoid32(x), ("x",)),
+    "sigmoid": lambda op, ctx: _float_op(op, ctx, sigmoid32, ("x",)),
+    "silu": lambda op, ctx: _float_op(op, ctx, lambda x: x * sigmoid32(x), ("x",)),
     "erf": lambda op, ctx: _float_op(op, ctx, _erf32, ("x",)),
     "softplus": lambda op, ctx: _float_op(op, ctx, lambda x: np.logaddexp(F32(0), x), ("x",)),
     "relu6": lambda op, ctx: _float_op(op, ctx, lambda x: np.clip(x, F32(0), F32(6)), ("x",)),

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.backends.coreml.mil_ops import F32, OpContext, Step, Values, _out, _static_shape, np_dtype
+from pipeline.backends.coreml.mil_ops import F32, OpContext, Step, Values, np_dtype, out_slot, static_shape
 
 
 # ---------------------------------------------------------------- activation quantization (iOS17)
@@ -24,7 +24,7 @@ def _axis_shape(rank: int, axis: int | None, size: int) -> tuple[int, ...]:
 
 
 def _quant_params(op: Any, ctx: OpContext) -> tuple[np.ndarray, np.ndarray]:
-    rank = len(_static_shape(op.input))
+    rank = len(static_shape(op.input))
     axis = ctx.param(op, "axis")
     scale = np.asarray(ctx.param(op, "scale"), dtype=F32)
     zero_point = ctx.param(op, "zero_point")
@@ -37,12 +37,15 @@ def _build_quantize(op: Any, ctx: OpContext) -> Step:
     scale, zero_point = _quant_params(op, ctx)
     dtype = np_dtype(op.outputs[0])
     lo, hi = F32(np.iinfo(dtype).min), F32(np.iinfo(dtype).max)
-    a, o = ctx.slot(op.input), _out(op, ctx)
+    a, o = ctx.slot(op.input), out_slot(op, ctx)
+
+    symmetric = not np.any(zero_point)
 
     def step(v: Values) -> None:
         q = np.rint(v[a].astype(F32) / scale)  # rint: round half to even, as Core ML does
-        q += zero_point
-        v[o] = np.clip(q, lo, hi).astype(dtype)
+        if not symmetric:
+            q += zero_point
+        v[o] = np.clip(q, lo, hi, out=q).astype(dtype)
 
     return step
 
@@ -50,10 +53,16 @@ def _build_quantize(op: Any, ctx: OpContext) -> Step:
 def _build_dequantize(op: Any, ctx: OpContext) -> Step:
     scale, zero_point = _quant_params(op, ctx)
     dtype = np_dtype(op.outputs[0])
-    a, o = ctx.slot(op.input), _out(op, ctx)
+    a, o = ctx.slot(op.input), out_slot(op, ctx)
+
+    symmetric = not np.any(zero_point)
 
     def step(v: Values) -> None:
-        v[o] = ((v[a].astype(F32) - zero_point) * scale).astype(dtype)
+        q = v[a].astype(F32)
+        if not symmetric:
+            q -= zero_point
+        q *= scale
+        v[o] = q.astype(dtype, copy=False)
 
     return step
 
