@@ -212,7 +212,7 @@ def test_a_conversion_that_changes_the_function_fails_its_check(tmp_path: Path, 
 
         def forward(self, feats, h_in):
             h_out = torch.tanh(self.proj(feats).mean(0, keepdim=True) + h_in)
-            return 2.0 * h_out.expand(2, 8), h_out
+            return 2.0 * torch.cat([h_out, h_out]), h_out
 
     source = _captured(tmp_path, Doubled())
     (tmp_path / "wrong").mkdir()

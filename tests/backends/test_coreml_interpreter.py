@@ -36,6 +36,7 @@ class TinyOps(nn.Module):
         self.depthwise = nn.Conv1d(8, 8, 3, groups=8, dilation=2)
         self.norm = nn.LayerNorm(8)
         self.proj = nn.Linear(8, 12)
+        self.register_buffer("order", torch.tensor([3, 0, 2, 1]))
 
     def forward(self, x: torch.Tensor, buf_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buf = torch.cat([buf_in, x], dim=2)  # [1, 8, 4 + 6]
@@ -48,6 +49,7 @@ class TinyOps(nn.Module):
         z = (torch.clamp(z, -0.5, 0.5) + nn.functional.leaky_relu(z, 0.1) + nn.functional.gelu(z, approximate="tanh")
              + torch.exp(-z * z) / torch.sqrt(z * z + 1.0) + z.amax(dim=1, keepdim=True) + z.sum(dim=1, keepdim=True))
         z = nn.functional.pad(z, (0, 0, 1, 0))[:, 1:]
+        z = z + z.index_select(2, self.order) + z[:, :1].expand(1, 6, 4)  # gather, tile
         out = torch.stack([z[:, :, 0], z[:, :, 3]], dim=-1).reshape(1, 12)
         return out, buf[:, :, -4:]
 
@@ -230,7 +232,7 @@ def test_every_op_matches_coremltools_value_inference(converted: dict[str, Path]
     expected_types = {
         "ops_fp32": {"add", "mul", "relu", "softmax", "sigmoid", "tanh", "log", "abs", "reduce_mean", "concat",
                      "split", "slice_by_index", "transpose", "reshape", "stack", "gelu", "linear", "matmul", "clip",
-                     "leaky_relu", "exp", "sqrt", "real_div", "reduce_max", "reduce_sum", "pad", "sub"},
+                     "leaky_relu", "exp", "sqrt", "real_div", "reduce_max", "reduce_sum", "pad", "sub", "gather", "tile"},
         "ops_w8a8": {"quantize", "dequantize", "add"},
         "cell_stateful": {"cast", "slice_update"},
     }.get(variant, set())
@@ -342,8 +344,16 @@ def test_unsupported_op_raises_at_load_naming_the_op(tmp_path: Path) -> None:
                          minimum_deployment_target=ct.target.iOS17)
     path = _save(mlmodel, tmp_path / "cumsum.mlpackage")
     with pytest.raises(UnsupportedMilOp, match=r"cumsum\.mlpackage: MIL op 'cumsum' \(output 'running_total', "
-                                                r"op 'running_total', #\d+ of main\).*implemented: .*relu"):
+                                                r"op 'running_total', #\d+ of main\).*implemented: .*relu") as caught:
         MilInterpreter(path)
+    assert caught.value.op_type == "cumsum"
+    # a Core ML session on Linux turns it into a toolchain error (exit 4) that names the op
+    from pipeline.backends.coreml.session import _Interpreted
+    from pipeline.errors import ToolchainError
+
+    with pytest.raises(ToolchainError) as wrapped:
+        _Interpreted(path)
+    assert wrapped.value.op == "cumsum" and "MIL op 'cumsum'" in str(wrapped.value) and wrapped.value.exit_code == 4
 
 
 def test_w8a8_program_stays_within_8_bit_error_of_torch(converted: dict[str, Path]) -> None:

@@ -105,7 +105,9 @@ def quantize_activations(mlmodel: Any, ranges: dict[str, tuple[float, float]], c
         except ValueError as error:
             if "that's block" not in str(error):
                 raise
-            names = _ops_feeding_outputs_and_ops(mlmodel)
+            from pipeline.backends.coreml.interpreter import load_program
+
+            names = outputs_read_inside(load_program(mlmodel.package_path))
             raise ValueError(
                 f"coremltools cannot quantize the output of an op whose result is both a model output and used "
                 f"inside the model ({error}); leave such ops in float with "
@@ -113,9 +115,7 @@ def quantize_activations(mlmodel: Any, ranges: dict[str, tuple[float, float]], c
             ) from error
 
 
-def _ops_feeding_outputs_and_ops(mlmodel: Any) -> list[str]:
+def outputs_read_inside(program: Any) -> list[str]:
     """Names of ops whose output is a model output that other ops also read (e.g. a state `h_out`)."""
-    from pipeline.backends.coreml.interpreter import load_program
-
-    main = load_program(mlmodel.package_path).functions["main"]
+    main = program.functions["main"]
     return sorted(var.op.name for var in main.outputs if var.op is not None and var.child_ops)

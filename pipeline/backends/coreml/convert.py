@@ -150,7 +150,12 @@ class CoreMlStage(Stage):
                 if config.precision == "w8a8":
                     from pipeline.backends.coreml.recurrence import recurrence_ops
 
+                    from pipeline.backends.coreml.activations import outputs_read_inside
+
+                    # coremltools cannot requantize an op whose result is a model output read inside the model too
+                    # (a state h_out feeding the head): such ops keep fp16 activations, as do the named recurrences
                     keep = recurrence_ops(model._mil_program, spec, config.keep_float_states, variant, where)
+                    keep = tuple(dict.fromkeys(keep + tuple(outputs_read_inside(model._mil_program))))
                     model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples), keep)
                 if config.precision in ("int8w", "w8a8"):
                     model = quantize_weights(model, 2048 if config.weight_threshold is None else config.weight_threshold)

@@ -24,6 +24,10 @@ KERNELS: dict[str, Callable] = {**mil_ops.OPS, **mil_layout.OPS, **mil_quant.OPS
 class UnsupportedMilOp(Exception):
     """The program holds an op (or an op configuration) the interpreter does not implement."""
 
+    def __init__(self, message: str, op_type: str | None = None) -> None:
+        super().__init__(message)
+        self.op_type = op_type
+
 
 class MilInterpreter:
     """A numpy runner for the `main` function of a saved `.mlpackage` ML Program."""
@@ -86,7 +90,8 @@ class MilInterpreter:
                 f"{self.path.name}: MIL op '{op.op_type}' (output '{op.outputs[0].name}', op '{op.name}', "
                 f"#{index} of main) is not implemented by speechport's MIL reference interpreter{also}; "
                 f"implemented: {', '.join(sorted(KERNELS))}. Convert without it, or add a kernel to "
-                "pipeline/backends/coreml/mil_*.py."
+                "pipeline/backends/coreml/mil_*.py.",
+                op_type=op.op_type,
             )
 
     def _build(self, builder: Callable, op: Any, ctx: mil_ops.OpContext, index: int) -> Any:

@@ -133,6 +133,31 @@ def _build_pad(op: Any, ctx: OpContext) -> Step:
     return step
 
 
+def _build_tile(op: Any, ctx: OpContext) -> Step:
+    # torch's expand / repeat
+    reps = tuple(int(r) for r in ctx.param(op, "reps"))
+    a, o = ctx.slot(op.x), out_slot(op, ctx)
+
+    def step(v: Values) -> None:
+        v[o] = np.tile(v[a], reps)
+
+    return step
+
+
+def _build_gather(op: Any, ctx: OpContext) -> Step:
+    # index_select / embedding lookups; negative indices count from the end, as in MIL
+    axis = int(ctx.param(op, "axis", 0)) % len(static_shape(op.x))
+    batch_dims = int(ctx.param(op, "batch_dims", 0))
+    if batch_dims:
+        raise NotImplementedError(f"gather '{op.name}': batch_dims={batch_dims}")
+    a, i, o = ctx.slot(op.x), ctx.slot(op.indices), out_slot(op, ctx)
+
+    def step(v: Values) -> None:
+        v[o] = np.take(v[a], v[i].astype(np.int64), axis=axis)
+
+    return step
+
+
 # ---------------------------------------------------------------- iOS18 states
 
 def _build_read_state(op: Any, ctx: OpContext) -> Step:
@@ -158,5 +183,6 @@ OPS: dict[str, Callable[[Any, OpContext], Step]] = {
     "reshape": _build_reshape_like, "expand_dims": _build_reshape_like, "squeeze": _build_reshape_like,
     "transpose": _build_transpose, "slice_by_index": _build_slice_by_index, "slice_update": _build_slice_update,
     "concat": _build_concat, "stack": _build_stack, "split": _build_split, "pad": _build_pad,
+    "tile": _build_tile, "gather": _build_gather,
     "read_state": _build_read_state, "coreml_update_state": _build_update_state,
 }
