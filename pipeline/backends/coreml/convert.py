@@ -27,7 +27,7 @@ from pydantic import Field
 from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import Binding, Contract, read_contract, usage_steps, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.errors import InternalError, ToolchainError
+from pipeline.errors import InternalError, UserError
 from pipeline.spec import format_ms
 
 ARTIFACT = "model.mlpackage"
@@ -65,22 +65,32 @@ def quantize_weights(model, threshold: int):
     return cto.coreml.linear_quantize_weights(model, config)
 
 
-def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]], keep_float: tuple[str, ...]):
+def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]], keep: tuple[str, ...]):
     """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs;
-    the ops named in `keep_float` keep fp16 activations."""
+    the ops named in `keep` keep fp16 activations."""
+    import coremltools.optimize as cto
+
     from pipeline.backends.coreml.activations import quantize_activations as quantize
     from pipeline.backends.coreml.interpreter import MilInterpreter, activation_ranges
 
     staged = workdir / "float.mlpackage"
     model.save(str(staged))
     ranges = activation_ranges(MilInterpreter(staged), samples)
-    import coremltools.optimize as cto
-
     config = cto.coreml.OptimizationConfig(
         global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
-        op_name_configs=dict.fromkeys(keep_float),  # None: leave the op's activations alone
+        op_name_configs=dict.fromkeys(keep),  # None: leave the op's activations alone
     )
     return quantize(model, ranges, config)
+
+
+def kept_in_fp16(model, spec, states: tuple[str, ...], variant: str, where: str) -> tuple[str, ...]:
+    """w8a8: the ops whose activations stay fp16: the named states' recurrences, and every op whose result is a
+    model output read inside the model too (a state h_out feeding the head), which coremltools cannot requantize."""
+    from pipeline.backends.coreml.activations import outputs_read_inside
+    from pipeline.backends.coreml.recurrence import recurrence_ops
+
+    program = model._mil_program
+    return tuple(dict.fromkeys(recurrence_ops(program, spec, states, variant, where) + tuple(outputs_read_inside(program))))
 
 
 def coreml_bindings(model, contract: Contract, stateful: bool, variant: str) -> dict[str, Binding]:
@@ -139,7 +149,7 @@ class CoreMlStage(Stage):
         if config.precision == "w8a8" and "calibration" not in inputs:
             raise InternalError(f"{variant}: a w8a8 coreml node was planned without a calibration input")
         if stateful and not spec.states:
-            raise ToolchainError("the model has no recurrent state to keep inside a stateful Core ML model", tool="coremltools", stage=where, variant=variant)
+            raise UserError(f"{variant}: the model has no recurrent state to keep inside a stateful Core ML model", where="backends.coreml")
 
         started, keep = time.perf_counter(), ()
         model, route = convert(source, contract, config.precision, config.deployment_target, variant, where)
@@ -148,14 +158,7 @@ class CoreMlStage(Stage):
         try:
             with quiet():
                 if config.precision == "w8a8":
-                    from pipeline.backends.coreml.recurrence import recurrence_ops
-
-                    from pipeline.backends.coreml.activations import outputs_read_inside
-
-                    # coremltools cannot requantize an op whose result is a model output read inside the model too
-                    # (a state h_out feeding the head): such ops keep fp16 activations, as do the named recurrences
-                    keep = recurrence_ops(model._mil_program, spec, config.keep_float_states, variant, where)
-                    keep = tuple(dict.fromkeys(keep + tuple(outputs_read_inside(model._mil_program))))
+                    keep = kept_in_fp16(model, spec, config.keep_float_states, variant, where)
                     model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples), keep)
                 if config.precision in ("int8w", "w8a8"):
                     model = quantize_weights(model, 2048 if config.weight_threshold is None else config.weight_threshold)
