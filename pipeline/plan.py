@@ -107,6 +107,7 @@ def plan(manifest: Manifest) -> Graph:
                     variant=name,
                     backend=backend_name,
                     precision=precision,
+                    model_precision=backend.precision(precision).numerics,
                     default_tolerance=backend.precision(precision).tolerance,
                     tolerance_override=manifest.tolerance_override(backend_name, precision),
                     data=data,

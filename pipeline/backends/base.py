@@ -30,6 +30,7 @@ class Precision:
     description: str
     tolerance: Tolerance
     calibrated: bool = False  # needs (chunk, state) pairs recorded from the reference on real speech
+    numerics: str = ""  # the precision with the same arithmetic, whose model-declared bounds apply ('' = this one)
 
 
 @dataclass

@@ -141,10 +141,12 @@ FLOAT16 = Tolerance(
     max_cer_vs_reference=0.01,
     min_decision_agreement=0.995,
 )
-# 8-bit weights, float activations (Core ML's int8w): the weights' rounding is a fixed perturbation, not a
-# per-call one, so the transcript must stay within 2 CER points of PyTorch's
+# 8-bit weights, float activations (Core ML's int8w): the weights' rounding is a fixed perturbation, not a per-call
+# one. The transcript must stay within 2 CER points of PyTorch's and decisions agree on 99 %; the largest single error
+# may reach 0.22 of the range on a model whose decisions still agree on 99.97 % (the raw-PCM VAD, measured), so the
+# range bound only catches what SQNR and the decisions would miss: an error of the order of the range itself.
 INT8_WEIGHTS = Tolerance(
-    max_rel=0.1,
+    max_rel=0.3,
     min_sqnr_db=25.0,
     max_drift_ratio=3.0,
     min_cosine=0.99,

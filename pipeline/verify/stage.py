@@ -36,6 +36,9 @@ class VerifyConfig(StageConfig):
     variant: str = Field(description="Variant name, e.g. 'litert-int8@20ms'.")
     backend: str = Field(description="Registered backend whose runtime executes the artifact.")
     precision: str = Field(description="Artifact precision, in the backend's vocabulary.")
+    model_precision: str = Field(
+        "", description="The precision whose model-declared bounds apply (same arithmetic, e.g. Core ML stateful -> fp16); '' = precision."
+    )
     default_tolerance: Tolerance = Field(description="The backend's default bounds for this precision.")
     tolerance_override: Tolerance | None = Field(None, description="The manifest's bounds, applied over the model's own defaults.")
     data: StreamData = Field(description="Verification speech (must be what the reference streamed).")
@@ -144,7 +147,7 @@ class VerifyStage(Stage):
                 metrics[o.name] |= decided[o.name]
         extra |= worst_decisions(decided)
 
-        tolerance = config.default_tolerance.merged(model_tolerance(inputs["torch"].path, config.precision)).merged(config.tolerance_override)
+        tolerance = config.default_tolerance.merged(model_tolerance(inputs["torch"].path, config.model_precision or config.precision)).merged(config.tolerance_override)
         failures = judge(metrics, states, tolerance, extra)
         record.update(
             {

@@ -46,6 +46,7 @@ class CoreMlConfig(StageConfig):
     weight_threshold: int | None = Field(None, ge=0, description="int8w/w8a8: weights with fewer elements stay float (None: not quantized).")
     calibration_samples: int | None = Field(None, gt=0, description="w8a8: recorded pairs the activation ranges come from; None: all.")
     keep_float_states: tuple[str, ...] = Field((), description="w8a8: state inputs whose recurrence keeps fp16 activations.")
+    fp32_spectrum: bool = Field(True, description="fp16-compute variants of a raw-PCM model: the ops from the PCM input to each log stay fp32.")
     check_steps: int = Field(64, gt=0, description="Calls compared against PyTorch to check the conversion and its bindings.")
 
 
@@ -56,11 +57,13 @@ def mil_ops(package: Path) -> list[str]:
     return [op.op_type for op in load_program(package).functions["main"].operations if op.op_type != "const"]
 
 
-def quantize_weights(model, threshold: int):
+def quantize_weights(model, threshold: int, keep: tuple[str, ...] = ()):
+    """int8 weights, but for the ops named in `keep` (the fp32 spectrum: its basis is the model's front end)."""
     import coremltools.optimize as cto
 
     config = cto.coreml.OptimizationConfig(
-        global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=threshold)
+        global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=threshold),
+        op_name_configs=dict.fromkeys(keep),
     )
     return cto.coreml.linear_quantize_weights(model, config)
 
@@ -127,7 +130,7 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "1"
+    version = "3"
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 
@@ -152,16 +155,19 @@ class CoreMlStage(Stage):
             raise UserError(f"{variant}: the model has no recurrent state to keep inside a stateful Core ML model", where="backends.coreml")
 
         started, keep = time.perf_counter(), ()
-        model, route = convert(source, contract, config.precision, config.deployment_target, variant, where)
+        converted = convert(source, contract, config.precision, config.deployment_target, variant, where, config.fp32_spectrum)
+        model, route = converted.model, converted.route
         recorded = load_calibration(inputs["calibration"].path) if "calibration" in inputs else None
         workdir = Path(tempfile.mkdtemp(prefix="speechport-coreml-"))
         try:
             with quiet():
                 if config.precision == "w8a8":
-                    keep = kept_in_fp16(model, spec, config.keep_float_states, variant, where)
+                    # the fp32 spectrum stays unquantized too: coremltools quantizes fp16 activations only
+                    keep = converted.kept_fp32 + kept_in_fp16(model, spec, config.keep_float_states, variant, where)
                     model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples), keep)
                 if config.precision in ("int8w", "w8a8"):
-                    model = quantize_weights(model, 2048 if config.weight_threshold is None else config.weight_threshold)
+                    threshold = 2048 if config.weight_threshold is None else config.weight_threshold
+                    model = quantize_weights(model, threshold, converted.kept_fp32)
             model.short_description = f"{contract.target}: {contract.model}, {config.precision}, streaming {format_ms(spec.chunk_ms)} ms chunks"
             model.user_defined_metadata.update({"speechport.target": contract.target, "speechport.precision": config.precision})
             model.save(str(workdir / ARTIFACT))
@@ -171,7 +177,13 @@ class CoreMlStage(Stage):
         seconds = time.perf_counter() - started
 
         ops = mil_ops(out / ARTIFACT)
-        listing = {"precision": config.precision, "route": route, "histogram": dict(sorted(Counter(ops).items())), "kept_float": list(keep)}
+        listing = {
+            "precision": config.precision,
+            "route": route,
+            "histogram": dict(sorted(Counter(ops).items())),
+            "kept_fp32": list(converted.kept_fp32),
+            "kept_fp16_activations": list(keep),
+        }
         (out / OPS_FILE).write_text(json.dumps(listing, indent=1) + "\n")
         update = {
             "backend": "coreml",

@@ -17,6 +17,7 @@ import contextlib
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,19 +110,35 @@ def stateful_module(captured: Any, is_program: bool, contract: Contract) -> Any:
     return module
 
 
-def convert(trace_dir: Path, contract: Contract, precision: str, deployment_target: str, variant: str, where: str) -> tuple[Any, str]:
-    """(MLModel, route). fp16 compute for every precision but fp32; the stateful variant as an iOS 18 model."""
+@dataclass
+class Converted:
+    model: Any  # coremltools MLModel
+    route: str  # how the captured graph reached coremltools
+    kept_fp32: tuple[str, ...]  # ops of an fp16-compute program that compute in fp32 (the raw-PCM spectrum)
+
+
+def convert(
+    trace_dir: Path, contract: Contract, precision: str, deployment_target: str, variant: str, where: str, fp32_spectrum: bool = True
+) -> Converted:
+    """fp16 compute for every precision but fp32 (a raw-PCM model's spectrum in fp32 if `fp32_spectrum`); the
+    stateful variant as an iOS 18 model."""
     import coremltools as ct
     import torch
 
+    from pipeline.backends.coreml.precision import Fp16Except
+
     stateful = precision == "stateful"
-    compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    selector = Fp16Except({i.name for i in contract.stream.inputs}) if fp32_spectrum and contract.stream.frontend.kind == "pcm" else None
+    if precision == "fp32":
+        compute = ct.precision.FLOAT32
+    else:
+        compute = ct.transform.FP16ComputePrecision(op_selector=selector) if selector is not None else ct.precision.FLOAT16
     inputs, outputs, states = _tensor_types(contract, stateful)
     target = getattr(ct.target, TARGETS[deployment_target])
     captured, is_program = load_captured(trace_dir, contract)
     spec = contract.stream
 
-    def run(source: Any, route: str) -> tuple[Any, str]:
+    def run(source: Any, route: str) -> Converted:
         with quiet():
             model = ct.convert(
                 source,
@@ -133,7 +150,7 @@ def convert(trace_dir: Path, contract: Contract, precision: str, deployment_targ
                 minimum_deployment_target=target,
                 skip_model_load=True,  # Core ML itself is macOS-only; the session loads the saved package
             )
-        return model, route
+        return Converted(model, route, tuple(selector.kept) if selector is not None and precision != "fp32" else ())
 
     if stateful:
         module = stateful_module(captured, is_program, contract)
@@ -152,7 +169,7 @@ def convert(trace_dir: Path, contract: Contract, precision: str, deployment_targ
     return _attempt(lambda: run(captured.run_decompositions(), ROUTE_CORE_ATEN), captured, variant, where)
 
 
-def _attempt(convert_once, program: Any, variant: str, where: str) -> tuple[Any, str]:
+def _attempt(convert_once, program: Any, variant: str, where: str) -> Converted:
     try:
         return convert_once()
     except Exception as exc:  # every coremltools failure becomes one error naming the op and the layer

@@ -29,6 +29,12 @@ class CoreMlOptions(BaseModel):
         "from the state input to its state output, and every op reading such a value (found in the converted program "
         "by structure, so it holds at any chunk length).",
     )
+    fp32_spectrum: bool = Field(
+        True,
+        description="Raw-PCM models: in the fp16-compute variants, the ops on a path from the PCM input to each log (the "
+        "model's own spectrum) compute in fp32, which fp16 cannot hold (quiet bins lost under the log); listed per "
+        "variant in ops.json. No effect on feature-input models.",
+    )
     calibration_samples: int | None = Field(
         None, gt=0, description="w8a8: recorded (chunk, state) pairs the activation ranges are measured on (evenly spaced); None: all."
     )
