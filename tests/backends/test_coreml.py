@@ -225,3 +225,41 @@ def test_a_conversion_that_changes_the_function_fails_its_check(tmp_path: Path, 
         CoreMlStage.run(CoreMlConfig(precision="fp32", variant="coreml-fp32@20ms"), {"model": Artifact("trace", "k", source, "d")}, out, dag.StageContext("coreml-fp32@20ms"))
     message = str(caught.value)
     assert "coreml-fp32@20ms" in message and "scores" in message and "does not reproduce" in message, message
+
+
+def test_a_raw_pcm_spectrum_stays_fp32_in_an_fp16_program() -> None:
+    """PCM -> framing conv -> |.| -> log is the island fp16 cannot hold; the layers after the log run in fp16."""
+    import coremltools as ct
+
+    from pipeline.backends.coreml.graph import quiet
+    from pipeline.backends.coreml.precision import Fp16Except
+
+    class Spectrum(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frame = torch.nn.Conv1d(1, 16, 64, stride=32, bias=False)
+            self.head = torch.nn.Linear(16, 2)
+
+        def forward(self, pcm):
+            spectrum = torch.log(torch.abs(self.frame(pcm.unsqueeze(1))) + 1e-3)  # [1, 16, frames]
+            return self.head(spectrum.transpose(1, 2))
+
+    program = torch.export.export(Spectrum().eval(), (torch.zeros(1, 320),)).run_decompositions({})
+    selector = Fp16Except({"pcm"})
+    with quiet():
+        model = ct.convert(
+            program,
+            inputs=[ct.TensorType(name="pcm", shape=(1, 320), dtype=np.float32)],
+            outputs=[ct.TensorType(name="scores", dtype=np.float32)],
+            convert_to="mlprogram",
+            compute_precision=ct.transform.FP16ComputePrecision(op_selector=selector),
+            minimum_deployment_target=ct.target.iOS17,
+            skip_model_load=True,
+        )
+    from coremltools.converters.mil.mil import types
+
+    dtypes = {op.op_type: types.builtin_to_string(op.outputs[0].dtype) for op in model._mil_program.functions["main"].operations if op.op_type != "const"}
+    assert {"conv", "abs", "log"} <= {t for t in dtypes if dtypes[t].endswith("fp32")}, dtypes
+    assert dtypes["linear"].endswith("fp16"), dtypes
+    kept = set(selector.kept)
+    assert any(name.startswith(("conv", "log")) for name in kept) and not any("linear" in name for name in kept), kept
