@@ -87,8 +87,9 @@ def write_bundle(
         if data.split_sha256 not in audio_cache:
             audio_cache[data.split_sha256] = speech_stream(data, contract.stream).audio
         source = {"stream": "the verification stream from its first sample", "split": data.split, "split_sha256": data.split_sha256}
-        golden.record(variant_dir, audio_cache[data.split_sha256], variant_dir / golden.GOLDEN_DIR, source, steps=golden_steps)
-        generate = client_generator(contract.backend)
+        backend = graph.nodes[verify_id].config.backend
+        golden.record(variant_dir, backend, audio_cache[data.split_sha256], variant_dir / golden.GOLDEN_DIR, source, steps=golden_steps)
+        generate = client_generator(backend)
         if generate is not None:
             generate(contract, variant_dir / "client")
         variants.append(role)

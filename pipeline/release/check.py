@@ -51,20 +51,21 @@ def check_directory(root: Path, replay: bool = True, log=lambda message: None) -
         except (ValidationError, json.JSONDecodeError) as exc:
             result.problems.append(f"{name}/{CONTRACT_FILE}: not a valid contract: {str(exc).splitlines()[0]}")
             continue
-        if contract.backend not in known_backends():
-            result.problems.append(f"{name}/{CONTRACT_FILE}: backend {contract.backend!r} is not one this speechport runs")
+        if not (variant / golden.GOLDEN_DIR / golden.GOLDEN_FILE).is_file():
+            result.problems.append(f"{name}/{golden.GOLDEN_DIR}/{golden.GOLDEN_FILE}: missing")
+            continue
+        backend = golden.runtime_backend(variant)
+        if backend not in known_backends():
+            result.problems.append(f"{name}/{golden.GOLDEN_DIR}/{golden.GOLDEN_FILE}: backend {backend!r} is not one this speechport runs")
             continue
         if not (variant / contract.artifact).exists():
             result.problems.append(f"{name}/{contract.artifact}: the contract's artifact is missing")
-            continue
-        if not (variant / golden.GOLDEN_DIR / golden.GOLDEN_FILE).is_file():
-            result.problems.append(f"{name}/{golden.GOLDEN_DIR}/{golden.GOLDEN_FILE}: missing")
             continue
         if not replay:
             continue
         found = golden.replay(variant)
         result.problems += [f"{name}/{p}" for p in found]
-        log(f"{name}: golden vectors {'replayed, equal' if not found else 'DIFFER'} on {get_backend(contract.backend).runtime_label or contract.backend}")
+        log(f"{name}: golden vectors {'replayed, equal' if not found else 'DIFFER'} on {get_backend(backend).runtime_label or backend}")
     if not result.variants:
         result.problems.append(f"no variant directory (one holding {CONTRACT_FILE}) in the bundle")
     return result

@@ -54,10 +54,10 @@ def verify_bundle(path: Path, replay: bool, console) -> int:
 
     from pipeline.release.check import check_bundle
 
-    result = check_bundle(path, replay=replay, log=lambda message: console.print(f"  {escape(message)}"))
+    result = check_bundle(path, replay=replay, log=lambda message: console.print(f"  {escape(message)}", soft_wrap=True))
     if not result.passed:
         for problem in result.problems:
-            console.print(f"[red]FAIL[/] {escape(problem)}")
+            console.print(f"[red]FAIL[/] {escape(problem)}", soft_wrap=True)
         raise VerificationFailed(f"{path}: bundle check failed: {result.problems[0]}")
     console.print(f"[green]pass[/] {escape(str(path))}: {len(result.variants)} variants, sums, contracts" + (", golden replay" if replay else ""))
     return 0
@@ -112,7 +112,10 @@ def stream(target: Path, audio_path: Path, variant: str | None, fast: bool, buff
         variant_dir = pick_variant(root, variant)
         contract = read_contract(variant_dir)
         audio = load_stream_audio(audio_path, contract.stream.frontend.sample_rate)
-        session = get_backend(contract.backend).open_session(variant_dir)
+        from pipeline.release.golden import runtime_backend
+
+        backend = runtime_backend(variant_dir)
+        session = get_backend(backend).open_session(variant_dir)
         rate = contract.stream.frontend.sample_rate
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"))
         with Progress(*columns, console=console, transient=True) as bar:
@@ -133,8 +136,9 @@ def stream(target: Path, audio_path: Path, variant: str | None, fast: bool, buff
             print(f"{name}\t{start:.2f}\t{end:.2f}\t{label}")
     console.print(
         f"{variant_dir.name}: {result.audio_seconds:.1f} s of audio, {result.chunks} chunks, compute RTF {result.rtf:.4f} "
-        f"on {get_backend(contract.backend).runtime_label or contract.backend}, max buffered {result.max_buffered_ms:.0f} ms, "
-        f"dropped {result.dropped_chunks} chunks"
+        f"on {get_backend(backend).runtime_label or backend}, slowest chunk {result.slowest_chunk_ms:.1f} ms, max buffered {result.max_buffered_ms:.0f} ms, "
+        f"dropped {result.dropped_chunks} chunks",
+        soft_wrap=True,
     )
     if result.dropped_chunks:
         console.print(

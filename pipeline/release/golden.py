@@ -37,8 +37,8 @@ def _save(path: Path, value: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(value, dtype=np.float32), allow_pickle=False)
 
 
-def record(variant_dir: Path, audio: np.ndarray, out: Path, source: dict, steps: int = DEFAULT_STEPS) -> dict:
-    """Stream the first `steps` chunks of `audio` through the variant's runtime and write its golden vectors."""
+def record(variant_dir: Path, backend: str, audio: np.ndarray, out: Path, source: dict, steps: int = DEFAULT_STEPS) -> dict:
+    """Stream the first `steps` chunks of `audio` through the variant's runtime (registered `backend`) and write its golden vectors."""
     from pipeline.audio.frontend import stream_chunks
     from pipeline.audio.stream import to_input_layout
     from pipeline.backends import get_backend
@@ -51,7 +51,7 @@ def record(variant_dir: Path, audio: np.ndarray, out: Path, source: dict, steps:
     pcm = np.asarray(audio[: steps * spec.chunk_samples], dtype=np.float32)
     target = spec.inputs[0]
     chunks = [{target.name: to_input_layout(c, target)} for c in stream_chunks(pcm, spec.frontend, spec.chunk_samples)]
-    session = get_backend(contract.backend).open_session(variant_dir)
+    session = get_backend(backend).open_session(variant_dir)
     trace: dict[str, list[np.ndarray]] = {}
 
     def observe(step: int, feeds: dict, results: dict) -> None:
@@ -73,7 +73,7 @@ def record(variant_dir: Path, audio: np.ndarray, out: Path, source: dict, steps:
         "steps": steps,
         "chunk_samples": spec.chunk_samples,
         "sample_rate": spec.frontend.sample_rate,
-        "backend": contract.backend,
+        "backend": backend,
         "precision": contract.precision,
         "layout": "float32, the contract's layout (not the artifact's): convert through each tensor's binding",
         "source": source,
@@ -96,6 +96,25 @@ def _transcript(contract: Contract, outputs: dict[str, np.ndarray]) -> str | Non
     return ctc_greedy(per_frame(outputs[output.name], output.time_axis), decoder.vocabulary, decoder.blank)
 
 
+def runtime_backend(variant_dir: Path) -> str:
+    """The registered backend that runs a variant: the one its golden vectors were recorded on, else the contract's.
+
+    A contract names the artifact's format (an ONNX graph says "onnx"), which is not always a runtime's name.
+    """
+    from pipeline.backends import known_backends
+    from pipeline.errors import UserError
+
+    recorded = variant_dir / GOLDEN_DIR / GOLDEN_FILE
+    if recorded.is_file():
+        return json.loads(recorded.read_text())["backend"]
+    backend = read_contract(variant_dir).backend
+    if backend == "onnx":
+        return "onnxruntime"  # the simplified ONNX graph is the onnxruntime backend's artifact
+    if backend not in known_backends():
+        raise UserError(f"contract backend {backend!r} is not a runtime this speechport has (known: {', '.join(known_backends())})", where=str(variant_dir / "contract.json"))
+    return backend
+
+
 def _load(golden_dir: Path, key: str) -> np.ndarray:
     return np.load(golden_dir / f"{key}.npy", allow_pickle=False)
 
@@ -105,10 +124,12 @@ def _differs(key: str, got: np.ndarray, expected: np.ndarray, step: int | None) 
     error = np.abs(np.asarray(got, np.float32) - expected)
     if got.shape == expected.shape and float(error.max(initial=0.0)) <= allowed:
         return None
-    where = f"{GOLDEN_DIR}/{key}.npy" + (f" step {step}" if step is not None else "")
     if got.shape != expected.shape:
-        return f"{where}: shape {list(got.shape)}, expected {list(expected.shape)}"
+        return f"{GOLDEN_DIR}/{key}.npy: shape {list(got.shape)}, expected {list(expected.shape)}"
     worst = np.unravel_index(int(error.argmax()), error.shape)
+    if step is None:  # a whole stream, steps first: name the first step that differs
+        step = int(np.flatnonzero((error > allowed).reshape(len(error), -1).any(axis=1))[0])
+    where = f"{GOLDEN_DIR}/{key}.npy step {step}"
     return (
         f"{where}: max abs error {float(error.max()):.3g} > allowed {allowed:.3g} at index {list(map(int, worst))} "
         f"(mean {float(error.mean()):.3g}, got {float(got[worst]):.6g}, expected {float(expected[worst]):.6g})"
@@ -128,7 +149,7 @@ def replay(variant_dir: Path) -> list[str]:
     contract = read_contract(variant_dir)
     spec = contract.stream
     golden_dir = variant_dir / GOLDEN_DIR
-    session = get_backend(contract.backend).open_session(variant_dir)
+    session = get_backend(runtime_backend(variant_dir)).open_session(variant_dir)
     inputs = {i.name: _load(golden_dir, f"input.{i.name}") for i in spec.inputs}
     states = {s.input: _load(golden_dir, f"state_in.{s.input}") for s in spec.states}
     expected = {name: _load(golden_dir, f"output.{name}") for name in spec.output_names}
@@ -138,17 +159,17 @@ def replay(variant_dir: Path) -> list[str]:
         got = session.call({**{n: v[k] for n, v in inputs.items()}, **{n: v[k] for n, v in states.items()}})
         found = next((p for name in spec.output_names if (p := _differs(f"output.{name}", got[name], expected[name][k], k))), None)
         if found:
-            problems.append(f"one call from the recorded state: {found}")
+            problems.append(f"{found} (one call from the recorded inputs and state)")
             break
     audio = _load(golden_dir, "audio").reshape(-1)
     target = spec.inputs[0]
     chunks = [{target.name: to_input_layout(c, target)} for c in stream_chunks(audio, spec.frontend, spec.chunk_samples)]
     features = _differs(f"input.{target.name}", np.stack([c[target.name] for c in chunks]), inputs[target.name], None)
     if features:
-        problems.append(f"frontend on the recorded audio: {features}")
+        problems.append(f"{features} (the frontend on the recorded audio)")
     trace: dict[str, list[np.ndarray]] = {name: [] for name in spec.output_names}
     session.stream(chunks, observe=lambda step, feeds, results: [trace[n].append(results[n]) for n in trace])
     loop = next((p for name in spec.output_names if (p := _differs(f"output.{name}", np.stack(trace[name]), expected[name], None))), None)
     if loop:
-        problems.append(f"closed loop from the recorded audio: {loop}")
+        problems.append(f"{loop} (the closed loop from the recorded audio)")
     return problems

@@ -127,6 +127,7 @@ class StreamResult:
     compute_seconds: float = 0.0
     wall_seconds: float = 0.0
     max_buffered_ms: float = 0.0
+    slowest_chunk_ms: float = 0.0
     transcript: str | None = None
     decisions: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
 
@@ -178,7 +179,9 @@ def stream_audio(
         began = time.perf_counter()
         features = frontend.push(samples) if frontend is not None else samples
         decoder.push(session.step({target.name: to_input_layout(features, target)}))
-        result.compute_seconds += time.perf_counter() - began
+        spent = time.perf_counter() - began
+        result.compute_seconds += spent
+        result.slowest_chunk_ms = max(result.slowest_chunk_ms, 1000 * spent)
         result.chunks += 1
         result.dropped_chunks = ring.dropped_chunks
         if on_chunk is not None:
