@@ -248,7 +248,9 @@ def cmd_release(args: argparse.Namespace) -> int:
 
     console = _console()
     out = Path(args.out) if args.out else REPO_ROOT / "artifacts" / "release"
-    return release(args.version, args.platform, out, REPO_ROOT, args.jobs, args.golden_steps, console, _events(console))
+    return release(
+        args.version, args.platform, out, REPO_ROOT, cache_root(), args.jobs, args.golden_steps, console, _events(console), report_failures
+    )
 
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.contract import CONTRACT_FILE
 from pipeline.errors import InternalError, UserError, VerificationFailed
@@ -15,10 +15,13 @@ from pipeline.errors import InternalError, UserError, VerificationFailed
 VERSION = re.compile(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$")
 
 
-def release(version: str, platforms: list[str] | None, out: Path, repo: Path, jobs: int, golden_steps: int, console, events) -> int:
+def release(
+    version: str, platforms: list[str] | None, out: Path, repo: Path, cache: Path, jobs: int, golden_steps: int, console, events,
+    report_failures: Callable[[list, str], int | None],
+) -> int:
+    """Build (from the cache) and bundle each platform; `report_failures` is the CLI's, so stage failures read alike."""
     from pipeline import execute as executor
     from pipeline.cache import Cache
-    from pipeline.cli import cache_root, report_failures
     from pipeline.manifest import load_manifest
     from pipeline.plan import plan
     from pipeline.release.bundle import write_bundle
@@ -32,7 +35,7 @@ def release(version: str, platforms: list[str] | None, out: Path, repo: Path, jo
         manifest_path = repo / p.target
         manifest = load_manifest(manifest_path)
         graph = plan(manifest)
-        built = executor.execute(graph, Cache(cache_root()), manifest.name, events, jobs=jobs)
+        built = executor.execute(graph, Cache(cache), manifest.name, events, jobs=jobs)
         failures = list((getattr(built, "failures", None) or {}).values())
         if failures:
             code = report_failures(failures, str(manifest_path))
