@@ -59,7 +59,7 @@ def write_bundle(
 ) -> Bundle:
     from pipeline.audio.stream import speech_stream
     from pipeline.release import golden
-    from pipeline.release.platforms import client_generator
+    from pipeline.release.platforms import client_generator, varying_files
     from pipeline.release.provenance import provenance
 
     report_dir = built["report"].path
@@ -76,7 +76,7 @@ def write_bundle(
     card = model_card(report["model"], repo)
     if card is not None:
         shutil.copyfile(card, staging / "MODEL_CARD.md")
-    variants = []
+    variants, backends = [], []
     audio_cache: dict[str, Any] = {}
     for role, verify_id in graph.nodes["report"].inputs:
         artifact_id = dict(graph.nodes[verify_id].inputs)["model"]
@@ -93,7 +93,9 @@ def write_bundle(
         if generate is not None:
             generate(contract, variant_dir / "client")
         variants.append(role)
+        backends.append(backend)
     document = provenance(version=version, platform=platform, manifest_path=manifest_path, repo=repo, graph=graph, built=built)
+    document["not_reproducible"] = varying_files(backends)
     (staging / "provenance.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     (staging / "README.md").write_text(bundle_readme(name, report, staging, variants, platform))
     write_sums(staging)
@@ -147,7 +149,8 @@ def bundle_readme(name: str, report: dict, root: Path, variants: list[str], plat
             "`sha256sum -c SHA256SUMS` checks the files; `speechport verify-bundle <this directory or its .tar.gz>` "
             "checks the sums and contracts and replays the golden vectors on each variant's runtime; "
             "`speechport stream <variant or bundle> <audio.wav>` runs the reference client. `provenance.json` says how "
-            "the bundle was made (manifest, stage keys, tool versions, git commit).",
+            "the bundle was made (manifest, stage keys, tool versions, git commit); its `not_reproducible` list names "
+            "the files a rebuild from empty caches changes, and why (every other file is byte-identical).",
             "",
         ]
     )

@@ -41,6 +41,9 @@ def test_provenance_names_every_stage_key_the_tools_and_the_commit(released) -> 
     assert len(document["git"]["commit"]) == 40 and isinstance(document["git"]["dirty"], bool)
     assert document["manifest"]["text"] == released.manifest.read_text()
     assert "/tmp" not in json.dumps(document["stages"])
+    varying = {entry["files"] for entry in document["not_reproducible"]}
+    assert {"report/report.json", "*/model.mlpackage/Manifest.json"} <= varying
+    assert all(next(released.bundle.directory.glob(pattern), None) for pattern in varying)
 
 
 def test_verify_bundle_passes_on_the_directory_and_the_archive(released, capsys) -> None:
