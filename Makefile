@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechport-installed
 SP := $(VENV)/bin/speechport
 MODEL ?= lstm_ctc
 
-.PHONY: setup android ios onnx test bench nightly corpus train clean
+.PHONY: setup android ios onnx release test bench nightly corpus train clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ ios: $(STAMP)
 
 onnx: $(STAMP)
 	$(SP) build targets/onnx.yaml
+
+# one bundle per platform of pipeline/release/platforms.py under artifacts/release/ (directory and .tar.gz)
+release: $(STAMP)
+	@test -n "$(VERSION)" || { echo "usage: make release VERSION=x.y.z" >&2; exit 2; }
+	$(SP) release $(VERSION)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -1,4 +1,4 @@
-"""`speechport`: build, graph, explain and clean targets. Heavy toolchains load only inside stages."""
+"""`speechport`: build, graph, explain and clean targets; release, verify and stream bundles. Heavy toolchains load only inside stages."""
 
 from __future__ import annotations
 
@@ -243,6 +243,28 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from pipeline.release.commands import release
+
+    console = _console()
+    out = Path(args.out) if args.out else REPO_ROOT / "artifacts" / "release"
+    return release(
+        args.version, args.platform, out, REPO_ROOT, cache_root(), args.jobs, args.golden_steps, console, _events(console), report_failures
+    )
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from pipeline.release.commands import verify_bundle
+
+    return verify_bundle(Path(args.bundle), not args.no_replay, _console())
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from pipeline.release.commands import stream
+
+    return stream(Path(args.artifact), Path(args.audio), args.variant, args.fast, args.buffer_ms, _console())
+
+
 def _jobs(text: str) -> int:
     try:
         value = int(text)
@@ -270,6 +292,24 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("manifest")
         sub.set_defaults(func=func)
+    release = commands.add_parser("release", help="build, verify and bundle every platform (or --platform ones) under artifacts/release/")
+    release.add_argument("version", help="release version, e.g. 1.2.0")
+    release.add_argument("--platform", action="append", help="a platform from pipeline/release/platforms.py (repeatable; default all)")
+    release.add_argument("--out", help="where the bundles go (default artifacts/release)")
+    release.add_argument("--golden-steps", type=_jobs, default=300, metavar="N", help="chunks of golden test vectors per variant (default 300)")
+    release.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1, metavar="N", help="stages to run at once")
+    release.set_defaults(func=cmd_release)
+    check = commands.add_parser("verify-bundle", help="check a bundle's sums and contracts and replay its golden vectors")
+    check.add_argument("bundle", help="bundle directory or .tar.gz")
+    check.add_argument("--no-replay", action="store_true", help="check sums and contracts only")
+    check.set_defaults(func=cmd_verify_bundle)
+    stream = commands.add_parser("stream", help="stream an audio file through an artifact in real time (the reference client)")
+    stream.add_argument("artifact", help="a variant directory, or a bundle (directory or .tar.gz) with --variant")
+    stream.add_argument("audio", help="WAV/FLAC file, directory or glob (streamed back to back)")
+    stream.add_argument("--variant", help="which variant of a bundle, e.g. litert-int8@20ms")
+    stream.add_argument("--fast", action="store_true", help="as fast as possible instead of real time (nothing is dropped)")
+    stream.add_argument("--buffer-ms", type=float, default=500.0, help="ring buffer size; beyond it the oldest chunks are dropped (default 500)")
+    stream.set_defaults(func=cmd_stream)
     clean = commands.add_parser("clean", help=f"delete the artifact cache (${CACHE_ENV} or artifacts/cache), if it is one")
     clean.set_defaults(func=cmd_clean)
     return root
