@@ -96,6 +96,28 @@ def kept_in_fp16(model, spec, states: tuple[str, ...], variant: str, where: str)
     return tuple(dict.fromkeys(recurrence_ops(program, spec, states, variant, where) + tuple(outputs_read_inside(program))))
 
 
+def make_reproducible(package: Path) -> None:
+    """The same model, byte for byte, from the same inputs: coremltools names a package's items with random UUIDs,
+    stamps the conversion date and serializes protobuf maps in no fixed order. Item ids become UUID5s of their
+    paths, the date goes, and the spec is written with deterministic serialization."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"])) for old, entry in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in sorted(manifest["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    root = next(entry for entry in manifest["itemInfoEntries"].values() if entry["name"].endswith(".mlmodel"))
+    spec_path = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
 def coreml_bindings(model, contract: Contract, stateful: bool, variant: str) -> dict[str, Binding]:
     """Each contract tensor as the saved model describes it (names as coremltools kept them)."""
     description = model.get_spec().description
@@ -130,7 +152,7 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "3"
+    version = "4"
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 
@@ -171,6 +193,7 @@ class CoreMlStage(Stage):
             model.short_description = f"{contract.target}: {contract.model}, {config.precision}, streaming {format_ms(spec.chunk_ms)} ms chunks"
             model.user_defined_metadata.update({"speechport.target": contract.target, "speechport.precision": config.precision})
             model.save(str(workdir / ARTIFACT))
+            make_reproducible(workdir / ARTIFACT)
             shutil.move(str(workdir / ARTIFACT), out / ARTIFACT)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
