@@ -42,18 +42,13 @@ CLIENTS: dict[str, str] = {
 VARYING_FILES: tuple[tuple[str, str], ...] = (
     ("report/report.json", "holds the build machine's wall-clock figures of verification (rtf, latency_ms_p50, latency_ms_p99)"),
     ("report/report.md", "renders those timings"),
-    ("provenance.json", "stage keys chain on input digests: onnx2tf's SavedModel (an intermediate, not shipped) and Core ML "
-     "packages differ run to run, so the keys after them differ, and the report's digest holds its timings"),
+    ("provenance.json", "stage keys chain on input digests: onnx2tf's SavedModel (an intermediate, not shipped) differs "
+     "run to run, so the keys after it differ, and the report's digest holds its timings"),
     ("SHA256SUMS", "lists the digests of the files above"),
 )
-VARYING_BY_BACKEND: dict[str, tuple[tuple[str, str], ...]] = {
-    "coreml": (
-        ("*/model.mlpackage/Manifest.json", "coremltools names the package's items by random UUIDs on every save"),
-        ("*/model.mlpackage/Data/com.apple.CoreML/model.mlmodel",
-         "coremltools serializes the protobuf non-deterministically (metadata map entries and blob references in another "
-         "order); the program and weights/weight.bin are the same"),
-    ),
-}
+# Core ML packages were listed here (random item UUIDs, protobuf map order) until the coreml stage normalized them
+# (`make_reproducible`, tested in tests/backends/test_coreml.py).
+VARYING_BY_BACKEND: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
 def varying_files(backends: list[str]) -> list[dict[str, str]]:

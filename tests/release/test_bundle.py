@@ -42,7 +42,7 @@ def test_provenance_names_every_stage_key_the_tools_and_the_commit(released) -> 
     assert document["manifest"]["text"] == released.manifest.read_text()
     assert "/tmp" not in json.dumps(document["stages"])
     varying = {entry["files"] for entry in document["not_reproducible"]}
-    assert {"report/report.json", "*/model.mlpackage/Manifest.json"} <= varying
+    assert "report/report.json" in varying and not [v for v in varying if "mlpackage" in v]
     assert all(next(released.bundle.directory.glob(pattern), None) for pattern in varying)
 
 
