@@ -21,6 +21,10 @@ from pipeline.verify.gates import FLOAT16, FLOAT32, INT8_ACTIVATIONS, INT8_WEIGH
 # the attention example differs by 4.6e-5 of the logits' range (measured), against 1e-5 for onnxruntime. The closed
 # loop is still held to 1e-4 absolute.
 CORE_ML_FLOAT32 = FLOAT32.model_copy(update={"one_step_max_rel": 1e-4, "state_one_step_max_rel": 1e-4})
+# fp16 here is fp16 arithmetic in every op, not fp16 weights over float32 activations: one call moves a state by a
+# few fp16 steps (0.0050 of the range of the raw-PCM VAD's h at 40 ms, decisions 99.95 % equal; 0.0033 on the
+# default LSTM), so the state bound is 1e-2; every other fp16 bound holds as it is
+CORE_ML_FLOAT16 = FLOAT16.model_copy(update={"state_one_step_max_rel": 1e-2})
 
 if TYPE_CHECKING:
     from pipeline.backends.base import Lowering
@@ -54,10 +58,10 @@ BACKEND = Backend(
     description="Core ML ML Programs (.mlpackage) for iOS, converted by coremltools from the captured PyTorch graph.",
     precisions=(
         Precision("fp32", "float32 weights and compute", CORE_ML_FLOAT32),
-        Precision("fp16", "float16 weights and compute (what the Neural Engine runs), float32 I/O", FLOAT16),
+        Precision("fp16", "float16 weights and compute (what the Neural Engine runs), float32 I/O", CORE_ML_FLOAT16),
         Precision("int8w", "int8 weights (linear_quantize_weights), float16 compute", INT8_WEIGHTS),
         Precision("w8a8", "int8 weights and activations, float16 compute, activations calibrated on real speech", INT8_ACTIVATIONS, calibrated=True),
-        Precision("stateful", "float16, the recurrent state held inside the model (iOS 18 StateType)", FLOAT16, numerics="fp16"),
+        Precision("stateful", "float16, the recurrent state held inside the model (iOS 18 StateType)", CORE_ML_FLOAT16, numerics="fp16"),
     ),
     tools=("coremltools", "torch"),
     lowering="pipeline.backends.coreml:lower",
