@@ -85,7 +85,7 @@ def plan(manifest: Manifest) -> Graph:
         )
         exported = ctx.add(Node(f"onnx{suffix}", OnnxStage, OnnxConfig(), (("model", traced),)))
         simplified = ctx.add(Node(f"simplify{suffix}", SimplifyStage, SimplifyConfig(), (("model", exported),)))
-        reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data), (("model", traced),)))
+        reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data, teacher_steps=v.teacher_steps), (("model", traced),)))
         for backend_name, precisions in manifest.backends.items():
             backend = get_backend(backend_name)
             lowering = Lowering(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "onnxruntime": "pipeline.backends.onnxruntime:BACKEND",
     "litert": "pipeline.backends.litert:BACKEND",
+    "qnn": "pipeline.backends.qnn:BACKEND",
 }
 
 
