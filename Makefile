@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechport-installed
 SP := $(VENV)/bin/speechport
 MODEL ?= lstm_ctc
 
-.PHONY: setup android onnx test bench nightly corpus train clean
+.PHONY: setup android dsp onnx test bench nightly corpus train clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 android: $(STAMP)
 	$(SP) build targets/android.yaml
+
+dsp: $(STAMP)
+	$(SP) build targets/dsp.yaml
 
 onnx: $(STAMP)
 	$(SP) build targets/onnx.yaml
@@ -45,4 +48,4 @@ train: $(STAMP)
 	$(VENV)/bin/python -m models.train $(MODEL)
 
 clean:
-	rm -rf artifacts/cache artifacts/android artifacts/onnx artifacts/nightly
+	rm -rf artifacts/cache artifacts/android artifacts/dsp artifacts/onnx artifacts/nightly

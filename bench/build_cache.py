@@ -63,7 +63,7 @@ def bench(manifest: Path) -> None:
 
 
 def main() -> None:
-    manifests = [Path(a).resolve() for a in sys.argv[1:]] or [REPO / "targets" / "onnx.yaml", REPO / "targets" / "android.yaml"]
+    manifests = [Path(a).resolve() for a in sys.argv[1:]] or [REPO / "targets" / "onnx.yaml", REPO / "targets" / "android.yaml", REPO / "targets" / "dsp.yaml"]
     for manifest in manifests:
         bench(manifest)
 

@@ -264,3 +264,15 @@ def test_a_missing_or_broken_onnxruntime_qnn_names_the_package_and_the_fix(monke
         runtime.qnn_package()
     message = str(caught.value)
     assert "onnxruntime-qnn install is broken" in message and "libQnnHtp.so missing" in message and "pip install onnxruntime-qnn==2.7.0" in message
+
+
+def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_encoding(tiny_target: dict) -> None:
+    tmp, document = tiny_target["tmp"], tiny_target["document"]
+    changed = {**document, "qnn": {"sixteen_bit_states": {"a8w8": ["c_in"]}}}
+    built, hits, _ = build(changed, tmp / "m3.yaml", tmp / "cache")
+    assert {node for node, hit in hits.items() if not hit} == {"qnn-qdq-a8w8@20ms", "qnn-htp-a8w8@20ms", "verify:qnn-a8w8@20ms", "report"}
+    bindings = read_contract(built["qnn-htp-a8w8@20ms"].path).bindings
+    assert bindings["c_in"].dtype == bindings["c_out"].dtype == "uint16" and bindings["c_in"].quantization == bindings["c_out"].quantization
+    assert bindings["h_in"].dtype == bindings["feats"].dtype == "uint8"
+    report = json.loads((built["report"].path / "report.json").read_text())
+    assert all(v["status"] != "error" for v in report["variants"]), report["variants"]

@@ -35,6 +35,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         variant=variant,
         per_channel=options.per_channel,
         calibration_samples=options.calibration_samples,
+        sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
     )
     qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, (("model", lowering.onnx), ("calibration", calibration))))
     htp_config = HtpConfig(socs=options.socs, variant=variant)

@@ -49,8 +49,15 @@ def _range_encoding(low: float, high: float, dtype: str) -> Quantization:
     return Quantization(scale=float(np.float32(scale)), zero_point=zero_point, dtype=dtype)  # type: ignore[arg-type]
 
 
-def integer_boundary(model: "onnx.ModelProto", ranges: dict[str, dict], activation_dtype: str) -> dict[str, Quantization]:
-    """Rewrite `model` in place so every graph input and output is an integer tensor; returns each one's encoding."""
+def integer_boundary(
+    model: "onnx.ModelProto", ranges: dict[str, dict], activation_dtype: str, states: dict[str, str] | None = None, dtypes: dict[str, str] | None = None
+) -> dict[str, Quantization]:
+    """Rewrite `model` in place so every graph input and output is an integer tensor; returns each one's encoding.
+
+    `states` maps state inputs to their outputs: a state input the quantizer left float takes its output's
+    encoding (the pair was calibrated to one range), so the integer state feeds back as is. `dtypes` gives the
+    integer type of other float-left tensors that are not `activation_dtype` (a 16-bit island's).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -68,23 +75,6 @@ def integer_boundary(model: "onnx.ModelProto", ranges: dict[str, dict], activati
         graph.initializer.append(numpy_helper.from_array(np.array(q.zero_point, dtype=q.dtype), zero))
         return scale, zero
 
-    for value in [i for i in graph.input if i.name not in initializers]:
-        name, users = value.name, consumers(value.name)
-        if len(users) == 1 and users[0].op_type == "QuantizeLinear" and users[0].input[0] == name:
-            quantize = users[0]
-            encodings[name] = _encoding(graph, quantize)
-            for node in consumers(quantize.output[0]):
-                node.input[:] = [name if t == quantize.output[0] else t for t in node.input]
-            graph.node.remove(quantize)
-        else:
-            encodings[name] = _range_encoding(ranges[name]["min"], ranges[name]["max"], activation_dtype)
-            scale, zero = add_params(name, encodings[name])
-            dequantized = f"{name}_boundary_float"
-            for node in users:
-                node.input[:] = [dequantized if t == name else t for t in node.input]
-            graph.node.insert(0, helper.make_node("DequantizeLinear", [name, scale, zero], [dequantized], name=f"{name}_boundary_dq", domain=domain))
-        value.type.tensor_type.elem_type = elem[encodings[name].dtype]
-
     for value in graph.output:
         name = value.name
         producer = next(n for n in graph.node if name in n.output)
@@ -98,13 +88,34 @@ def integer_boundary(model: "onnx.ModelProto", ranges: dict[str, dict], activati
             producer.output[:] = [dequantized]
             producer.input[0] = name
         else:
-            encodings[name] = _range_encoding(ranges[name]["min"], ranges[name]["max"], activation_dtype)
+            encodings[name] = _range_encoding(ranges[name]["min"], ranges[name]["max"], (dtypes or {}).get(name, activation_dtype))
             scale, zero = add_params(name, encodings[name])
             for node in graph.node:
                 node.output[:] = [dequantized if t == name else t for t in node.output]
                 node.input[:] = [dequantized if t == name else t for t in node.input]
             graph.node.append(helper.make_node("QuantizeLinear", [dequantized, scale, zero], [name], name=f"{name}_boundary_q", domain=domain))
         value.type.tensor_type.elem_type = elem[encodings[name].dtype]
+    for value in [i for i in graph.input if i.name not in initializers]:
+        name, users = value.name, consumers(value.name)
+        if len(users) == 1 and users[0].op_type == "QuantizeLinear" and users[0].input[0] == name:
+            quantize = users[0]
+            encodings[name] = _encoding(graph, quantize)
+            for node in consumers(quantize.output[0]):
+                node.input[:] = [name if t == quantize.output[0] else t for t in node.input]
+            graph.node.remove(quantize)
+        else:
+            paired = (states or {}).get(name)
+            if paired in encodings:
+                encodings[name] = encodings[paired]
+            else:
+                encodings[name] = _range_encoding(ranges[name]["min"], ranges[name]["max"], (dtypes or {}).get(name, activation_dtype))
+            scale, zero = add_params(name, encodings[name])
+            dequantized = f"{name}_boundary_float"
+            for node in users:
+                node.input[:] = [dequantized if t == name else t for t in node.input]
+            graph.node.insert(0, helper.make_node("DequantizeLinear", [name, scale, zero], [dequantized], name=f"{name}_boundary_dq", domain=domain))
+        value.type.tensor_type.elem_type = elem[encodings[name].dtype]
+
     _sort_topologically(graph)
     return encodings
 

@@ -56,6 +56,11 @@ class QnnOptions(BaseModel):
     per_channel: bool = Field(
         True, description="Per-channel weight scales where HTP takes them (Conv; QNN has no per-channel MatMul/Gemm)."
     )
+    sixteen_bit_states: dict[Literal["a8w8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="a8w8 only: state inputs (e.g. c_in) whose recurrence is quantized to 16 bits inside the 8-bit graph: "
+        "every op on a path from the state input to its state output, and every op reading such a value (tanh(c)).",
+    )
     calibration_samples: int | None = Field(
         None, gt=0, description="Recorded (chunk, state) pairs to calibrate on (evenly spaced); None: every recorded pair."
     )

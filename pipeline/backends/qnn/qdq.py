@@ -27,7 +27,8 @@ from pipeline.backends.qnn.files import ARTIFACT, ENCODINGS_FILE, GUARD_FILE
 from pipeline.cache import Artifact
 from pipeline.contract import Binding, Quantization, read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.errors import InternalError, ToolchainError
+from pipeline.errors import InternalError, ToolchainError, UserError
+from pipeline.onnx_graph import recurrence_nodes
 from pipeline.spec import StreamSpec
 from pipeline.verify.records import RANGES_FILE, load_calibration
 
@@ -42,18 +43,21 @@ class QdqConfig(StageConfig):
     state_range_overrides: bool = Field(
         True, description="Calibrate each state pair to the union of both tensors' ranges; off only to show the guard catching the trap."
     )
+    sixteen_bit_states: tuple[str, ...] = Field(
+        (), description="a8w8 only: state inputs whose recurrence (the path to the paired output and its readers) is quantized to 16 bits."
+    )
 
 
-def state_overrides(spec: StreamSpec, ranges: dict[str, dict], fixed: set[str]) -> dict[str, list[dict]]:
-    """TensorQuantOverrides giving each state input and output the union of the pair's recorded ranges."""
-    overrides: dict[str, list[dict]] = {}
+def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict]) -> None:
+    """Give each state input and output the union of the pair's recorded ranges, in `overrides` (TensorQuantOverrides)."""
     for s in spec.states:
         low = min(ranges[s.input]["min"], ranges[s.output]["min"])
         high = max(ranges[s.input]["max"], ranges[s.output]["max"])
         for name in (s.input, s.output):
-            if name not in fixed:  # an encoding QNN fixes (16-bit Sigmoid/Tanh outputs) already spans the op's whole range
-                overrides[name] = [{"rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}]
-    return overrides
+            first, *rest = overrides.get(name) or [{}]
+            if "scale" in first:  # an encoding QNN fixes (a 16-bit Sigmoid/Tanh output) already spans the op's whole range
+                continue
+            overrides[name] = [{**first, "rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}, *rest]
 
 
 def representable(q: Quantization) -> tuple[float, float]:
@@ -120,14 +124,21 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     activations, weights = (getattr(QuantType, t) for t in PRECISIONS[config.precision])
-    graph = onnx.load(str(source)).graph
-    fixed = {n.output[0] for n in graph.node if n.op_type in ("Sigmoid", "Tanh")} if config.precision == "a16w8" else set()
-    overrides = state_overrides(spec, ranges, fixed) if config.state_range_overrides else None
+    sixteen_bit: dict[str, list[dict]] = {}
+    if config.sixteen_bit_states:
+        # a 16-bit island in an 8-bit graph: HTP runs mixed precision, get_qnn_qdq_config adds the conversions
+        graph = onnx.load(str(source)).graph
+        kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq"))
+        tensors = [o for n in graph.node if n.name in kept for o in n.output] + list(config.sixteen_bit_states)
+        sixteen_bit = {name: [{"quant_type": QuantType.QUInt16}] for name in tensors}
     reader = _Reader(recorded, spec.input_names, config.calibration_samples)
     qnn = get_qnn_qdq_config(
         str(source), reader, calibrate_method=CalibrationMethod.MinMax, activation_type=activations, weight_type=weights,
-        per_channel=config.per_channel, init_overrides=overrides,
+        per_channel=config.per_channel, init_overrides=sixteen_bit or None,
     )  # fmt: skip
+    # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
+    if config.state_range_overrides:
+        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges)
     quantize_static(
         str(source),
         str(output),
@@ -146,7 +157,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "1"
+    version = "3"
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
@@ -160,6 +171,8 @@ class QdqStage(Stage):
         contract = read_contract(source)
         spec = contract.stream
         variant = config.variant or f"qnn-{config.precision}"
+        if config.sixteen_bit_states and config.precision != "a8w8":
+            raise UserError(f"{variant}: sixteen_bit_states applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
         if "calibration" not in inputs:
             raise InternalError(f"{variant}: a qnn-qdq node was planned without a calibration input")
         calibration = inputs["calibration"].path
@@ -168,7 +181,8 @@ class QdqStage(Stage):
 
         model = onnx.load(str(out / ARTIFACT))
         activation_dtype = "uint16" if config.precision == "a16w8" else "uint8"
-        boundary = integer_boundary(model, ranges, activation_dtype)
+        states = {s.input: s.output for s in spec.states}
+        boundary = integer_boundary(model, ranges, activation_dtype, states, dict.fromkeys(config.sixteen_bit_states, "uint16"))
         guard = check_state_ranges(spec, boundary, ranges, variant, ctx.node_id)
         onnx.save(model, str(out / ARTIFACT))
         encodings = encodings_of(model)

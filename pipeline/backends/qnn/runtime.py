@@ -48,6 +48,10 @@ def qnn_devices() -> list:
     import onnxruntime as ort
 
     package = qnn_package()
+    # libsndfile loaded after QNN's HTP backend crashes the process on its first read (general protection fault in
+    # libsndfile, measured with soundfile 0.14.0 and onnxruntime-qnn 2.7.0); loaded before, both work
+    import soundfile  # noqa: F401
+
     if "devices" not in _registered:
         if not any(d.ep_name == EP_NAME for d in ort.get_ep_devices()):
             try:
