@@ -276,3 +276,59 @@ def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_enco
     assert bindings["h_in"].dtype == bindings["feats"].dtype == "uint8"
     report = json.loads((built["report"].path / "report.json").read_text())
     assert all(v["status"] != "error" for v in report["variants"]), report["variants"]
+
+
+def test_legalize_rewrites_ops_htp_lacks_exactly_and_the_result_runs_on_htp(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pipeline.backends.qnn.legalize import REWRITES, legalize
+    from pipeline.backends.qnn.ops import REWRITTEN
+    from pipeline.backends.qnn.runtime import htp_session
+
+    assert tuple(REWRITES) == REWRITTEN  # what the error message says qnn-legalize rewrites is what it rewrites
+    nodes = [
+        helper.make_node("Softsign", ["x"], ["a"], name="/m/Softsign"),
+        helper.make_node("Sinh", ["a"], ["b"], name="/m/Sinh"),
+        helper.make_node("Cosh", ["b"], ["c"], name="/m/Cosh"),
+        helper.make_node("Acos", ["a"], ["d"], name="/m/Acos"),
+        helper.make_node("Add", ["c", "d"], ["y"], name="/m/Add"),
+    ]
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 16])  # noqa: E731
+    model = helper.make_model(helper.make_graph(nodes, "htp_lacks", [io("x")], [io("y")]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    fired = legalize(model)
+    onnx.save(model, str(tmp_path / "after.onnx"))
+    assert {op: len(names) for op, names in fired.items()} == {"Softsign": 1, "Sinh": 1, "Cosh": 1, "Acos": 1}
+    assert not {n.op_type for n in model.graph.node} & set(REWRITTEN)
+    x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(1, 16)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert np.abs(run(tmp_path / "before.onnx") - run(tmp_path / "after.onnx")).max() <= 1e-5
+    from onnxruntime.quantization import QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    for name in ("before", "after"):  # HTP runs the quantized graph, as qnn-qdq writes it
+        samples = iter([{"x": (x * k).astype(np.float32)} for k in np.linspace(-1, 1, 20)])
+        reader = type("Reader", (), {"get_next": lambda self: next(samples, None)})()
+        config = get_qnn_qdq_config(str(tmp_path / f"{name}.onnx"), reader, activation_type=QuantType.QUInt16)
+        quantize_static(str(tmp_path / f"{name}.onnx"), str(tmp_path / f"{name}.qdq.onnx"), reader, activation_type=config.activation_type,
+                        weight_type=config.weight_type, op_types_to_quantize=config.op_types_to_quantize, extra_options=config.extra_options)  # fmt: skip
+    with pytest.raises(Exception, match="fallback to CPU EP has been explicitly disabled"):
+        htp_session(tmp_path / "before.qdq.onnx")
+    htp_session(tmp_path / "after.qdq.onnx")  # every node on HTP
+
+
+def test_refused_nodes_are_read_from_the_verbose_and_the_error_log() -> None:
+    from pipeline.backends.qnn.htp import refused_nodes
+
+    verbose = (
+        "[V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation FAILED for 1 nodes in OrtNodeUnit (Softsign) :\n"
+        "\tOperator type: Softsign Node name: /guard/Softsign Node index: 124\n"
+        "\tREASON : Operators of type `Softsign` are not supported by QNN EP.\n"
+        "[E:onnxruntime:, qnn_execution_provider.cc:2453 GetCapabilityImpl] Unsupported nodes in QNN EP: { name: /m/Erf, type: Erf }\n"
+    )
+    assert refused_nodes(verbose) == [
+        {"op": "Softsign", "node": "/guard/Softsign", "reason": "Operators of type `Softsign` are not supported by QNN EP."},
+        {"op": "Erf", "node": "/m/Erf", "reason": "unsupported by QNN EP"},
+    ]

@@ -1,6 +1,6 @@
 """Qualcomm Hexagon DSP (QNN HTP): a QDQ graph (a8w8 or a16w8) compiled for HTP, a DLC and a context binary per SoC.
 
-    simplify -> qnn-qdq (quantize_static, calibrated on recorded (chunk, state) pairs; state-range
+    simplify -> qnn-legalize (exact rewrites of ops HTP lacks) -> qnn-qdq (quantize_static, calibrated on recorded (chunk, state) pairs; state-range
     guard; integer I/O) -> qnn-htp (every node on HTP, CPU fallback disabled; model.dlc; EP-context
     model + QNN context binary per SoC; EP-context check)
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 def lower(lowering: "Lowering", precision: str) -> str:
     from pipeline.backends.qnn.htp import HtpConfig, HtpStage
+    from pipeline.backends.qnn.legalize import QnnLegalizeConfig, QnnLegalizeStage
     from pipeline.backends.qnn.qdq import QdqConfig, QdqStage
     from pipeline.dag import Node
 
@@ -37,7 +38,8 @@ def lower(lowering: "Lowering", precision: str) -> str:
         calibration_samples=options.calibration_samples,
         sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
     )
-    qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, (("model", lowering.onnx), ("calibration", calibration))))
+    legalized = lowering.add(Node(f"qnn-legalize{suffix}", QnnLegalizeStage, QnnLegalizeConfig(), (("model", lowering.onnx),)))
+    qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, (("model", legalized), ("calibration", calibration))))
     htp_config = HtpConfig(socs=options.socs, variant=variant)
     return lowering.add(Node(f"qnn-htp-{precision}{suffix}", HtpStage, htp_config, (("model", qdq), ("calibration", calibration))))
 

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from pipeline.backends.qnn.compile import DLC_DIR, CompileRequest, context_model
 from pipeline.backends.qnn.options import DEFAULT_SOCS, Soc
+from pipeline.backends.qnn.ops import LEGALIZATIONS, REWRITTEN
 from pipeline.backends.qnn.files import ARTIFACT, DLC_FILE, ENCODINGS_FILE, GUARD_FILE, METADATA_FILE
 from pipeline.cache import Artifact, sha256_file
 from pipeline.contract import read_contract, write_contract
@@ -37,18 +38,6 @@ from pipeline.errors import ToolchainError
 from pipeline.verify.records import load_calibration
 
 TOOL = "onnxruntime-qnn"
-
-# ops HTP lacks, and the ONNX rewrite into ops it has (exact unless said otherwise)
-LEGALIZATIONS = {
-    "Softsign": "x / (1 + |x|) with Abs, Add, Div",
-    "Sinh": "(exp(x) - exp(-x)) / 2 with Exp, Neg, Sub, Mul",
-    "Cosh": "(exp(x) + exp(-x)) / 2 with Exp, Neg, Add, Mul",
-    "Acos": "pi / 2 - Asin(x)",
-    "Acosh": "log(x + sqrt(x * x - 1))",
-    "Celu": "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
-    "Erf": "no exact rewrite: GELU as x * sigmoid(1.702 x) or the tanh form (changes the model; retrain or check its accuracy)",
-}
-
 
 class HtpConfig(StageConfig):
     socs: tuple[Soc, ...] = Field(DEFAULT_SOCS, min_length=1, description="SoCs to write EP-context models and context binaries for.")
@@ -68,6 +57,10 @@ def refused_nodes(log: str) -> list[dict[str, str]]:
         elif (match := re.match(r"\s*REASON : (.*)", line)) is not None and pending:
             found += [p | {"reason": match.group(1).strip()} for p in pending]
             pending = []
+    # the EP's error-level summary, logged whatever the verbosity: "Unsupported nodes in QNN EP: { name: N, type: T }"
+    for name, op in re.findall(r"\{ name: (.*?), type: (\w+) \}", log):
+        if not any(f["node"] == name for f in found):
+            found.append({"op": op, "node": name, "reason": "unsupported by QNN EP"})
     unique = {(f["node"], f["op"]): f for f in found}
     return list(unique.values())
 
@@ -80,6 +73,8 @@ def placement_error(refused: list[dict[str, str]], failure: dict, variant: str, 
     parts = []
     for r in ops:
         fix = LEGALIZATIONS.get(r["op"])
+        if fix and r["op"] in REWRITTEN:
+            fix += " (qnn-legalize applies it to the float graph; this node came after it)"
         parts.append(f"node {r['node']!r} ({r['op']}): {r['reason']}" + (f"; legalization: {fix}" if fix else "; no known legalization"))
     return ToolchainError(
         f"HTP cannot run {len(ops)} node(s) and CPU fallback is disabled (the whole graph must run on the DSP): " + "; ".join(parts),
