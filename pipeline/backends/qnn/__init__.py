@@ -37,6 +37,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         per_channel=options.per_channel,
         calibration_samples=options.calibration_samples,
         sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
+        sixteen_bit=options.sixteen_bit.get(precision, ()),  # type: ignore[call-overload]
     )
     legalized = lowering.add(Node(f"qnn-legalize{suffix}", QnnLegalizeStage, QnnLegalizeConfig(), (("model", lowering.onnx),)))
     qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, (("model", legalized), ("calibration", calibration))))

@@ -46,6 +46,9 @@ class QdqConfig(StageConfig):
     sixteen_bit_states: tuple[str, ...] = Field(
         (), description="a8w8 only: state inputs whose recurrence (the path to the paired output and its readers) is quantized to 16 bits."
     )
+    sixteen_bit: tuple[str, ...] = Field(
+        (), description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them) whose values are quantized to 16 bits."
+    )
 
 
 def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict]) -> None:
@@ -118,6 +121,27 @@ class _Reader:
         return item
 
 
+def sixteen_bit_tensors(graph, patterns: tuple[str, ...], variant: str) -> list[str]:
+    """Outputs of the nodes, and the graph inputs, each pattern names (shell-style: exporters number nodes by graph
+    size); a pattern matching nothing fails, listing what there is."""
+    from fnmatch import fnmatchcase
+
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        hits = [o for n in graph.node if fnmatchcase(n.name, pattern) for o in n.output] + [i for i in inputs if fnmatchcase(i, pattern)]
+        if not hits:
+            names = [n.name for n in graph.node]
+            shown = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "")
+            raise UserError(
+                f"{variant}: qnn.sixteen_bit names {pattern!r}, which matches no ONNX node or graph input of the model; "
+                f"graph inputs: {', '.join(inputs)}; nodes: {shown}"
+            )
+        found.update(dict.fromkeys(hits))
+    return list(found)
+
+
 def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dict], recorded: dict[str, np.ndarray], config: QdqConfig) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
@@ -125,11 +149,12 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
     activations, weights = (getattr(QuantType, t) for t in PRECISIONS[config.precision])
     sixteen_bit: dict[str, list[dict]] = {}
-    if config.sixteen_bit_states:
+    if config.sixteen_bit_states or config.sixteen_bit:
         # a 16-bit island in an 8-bit graph: HTP runs mixed precision, get_qnn_qdq_config adds the conversions
         graph = onnx.load(str(source)).graph
-        kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq"))
+        kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq")) if config.sixteen_bit_states else set()
         tensors = [o for n in graph.node if n.name in kept for o in n.output] + list(config.sixteen_bit_states)
+        tensors += sixteen_bit_tensors(graph, config.sixteen_bit, config.variant)
         sixteen_bit = {name: [{"quant_type": QuantType.QUInt16}] for name in tensors}
     reader = _Reader(recorded, spec.input_names, config.calibration_samples)
     qnn = get_qnn_qdq_config(
@@ -171,8 +196,8 @@ class QdqStage(Stage):
         contract = read_contract(source)
         spec = contract.stream
         variant = config.variant or f"qnn-{config.precision}"
-        if config.sixteen_bit_states and config.precision != "a8w8":
-            raise UserError(f"{variant}: sixteen_bit_states applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
+        if (config.sixteen_bit_states or config.sixteen_bit) and config.precision != "a8w8":
+            raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
         if "calibration" not in inputs:
             raise InternalError(f"{variant}: a qnn-qdq node was planned without a calibration input")
         calibration = inputs["calibration"].path
@@ -182,7 +207,8 @@ class QdqStage(Stage):
         model = onnx.load(str(out / ARTIFACT))
         activation_dtype = "uint16" if config.precision == "a16w8" else "uint8"
         states = {s.input: s.output for s in spec.states}
-        boundary = integer_boundary(model, ranges, activation_dtype, states, dict.fromkeys(config.sixteen_bit_states, "uint16"))
+        sixteen = (*config.sixteen_bit_states, *config.sixteen_bit)  # graph inputs among them: the rest are node names
+        boundary = integer_boundary(model, ranges, activation_dtype, states, dict.fromkeys(sixteen, "uint16"))
         guard = check_state_ranges(spec, boundary, ranges, variant, ctx.node_id)
         onnx.save(model, str(out / ARTIFACT))
         encodings = encodings_of(model)
