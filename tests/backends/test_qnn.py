@@ -332,3 +332,20 @@ def test_refused_nodes_are_read_from_the_verbose_and_the_error_log() -> None:
         {"op": "Softsign", "node": "/guard/Softsign", "reason": "Operators of type `Softsign` are not supported by QNN EP."},
         {"op": "Erf", "node": "/m/Erf", "reason": "unsupported by QNN EP"},
     ]
+
+
+def test_each_qnn_stage_misses_on_its_own_version_and_tool(tiny_target: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, cache = tiny_target["graph"], Cache(tiny_target["tmp"] / "cache")
+    real = dag.tool_version
+    nodes = [node for node in graph.nodes.values() if node.stage.name.startswith("qnn-")]
+    assert {node.stage.name for node in nodes} == {"qnn-legalize", "qnn-qdq", "qnn-htp"}
+    for node in nodes:
+        with monkeypatch.context() as patch:
+            patch.setattr(node.stage, "version", node.stage.version + "-next")
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny-dsp")}[node.id]
+            assert not status.hit and any(r.startswith("stage version") for r in status.reasons), node.id
+        tool = node.stage.tools[-1]
+        with monkeypatch.context() as patch:
+            patch.setattr(dag, "tool_version", lambda name: "0.0-other" if name == tool else real(name))
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny-dsp")}[node.id]
+            assert not status.hit and any(r.startswith(f"tool version {tool}") for r in status.reasons), node.id

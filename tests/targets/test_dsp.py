@@ -1,5 +1,5 @@
 """`make dsp`'s target: issue 11's acceptance on the HTP simulator, over the stream the target sets (the simulator
-costs about 0.3 s per call of the default model, so targets/dsp.yaml streams 20 s; the nightly streams the split)."""
+costs about 0.12 s per call of the default model, so targets/dsp.yaml streams 30 s; the nightly streams the split)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from tests.conftest import REPO
 
 def test_dsp_target_meets_acceptance_and_rebuilds_nothing(cache_dir: Path) -> None:
     graph = plan(load_manifest(REPO / "targets" / "dsp.yaml"))
-    built = executor.execute(graph, Cache(cache_dir), "dsp")
+    # two worker processes, as `make dsp` runs: the variants stream on the simulator side by side
+    built = executor.execute(graph, Cache(cache_dir), "dsp", jobs=2)
     report = json.loads((built["report"].path / "report.json").read_text())
     variants = {v["precision"]: v for v in report["variants"]}
     assert set(variants) == {"a8w8", "a16w8"}
     for precision, v in variants.items():
         assert v["status"] != "error", (precision, v.get("error"))
-        assert v["backend"] == "qnn" and v["audio_seconds"] >= 20 and not v["device_latency"]
+        assert v["backend"] == "qnn" and v["audio_seconds"] >= 25 and not v["device_latency"]
         assert "cer_vs_reference" in v and v["size_bytes"] > 0 and v["latency_ms_p50"] > 0
         figures = v["backend_figures"]
         assert 0.0 <= figures["cpu_ep_vs_htp"]["logits"]["decision_agreement"] <= 1.0

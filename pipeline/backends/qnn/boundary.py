@@ -155,7 +155,7 @@ def encodings_of(model: "onnx.ModelProto") -> dict[str, dict]:
         else:
             continue  # an activation's DequantizeLinear repeats its QuantizeLinear's encoding
         scale, zero_point = _initializer(graph, node.input[1]), _initializer(graph, node.input[2])
-        entry: dict = {"kind": "weight" if weight else "activation", "dtype": zero_point.dtype.name, "bitwidth": zero_point.dtype.itemsize * 8}
+        entry: dict = {"kind": "constant" if weight else "activation", "dtype": zero_point.dtype.name, "bitwidth": zero_point.dtype.itemsize * 8}
         if scale.size == 1:
             entry |= {"scale": float(scale.reshape(())), "offset": -int(zero_point.reshape(()))}
         else:

@@ -51,12 +51,24 @@ class QdqConfig(StageConfig):
     )
 
 
-def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict]) -> None:
-    """Give each state input and output the union of the pair's recorded ranges, in `overrides` (TensorQuantOverrides)."""
+# ops whose output onnxruntime's quantizer gives its input's encoding (an override on the output alone is ignored)
+SHARED_ENCODING_OPS = {"Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Gather"}
+
+
+def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict], graph) -> None:
+    """Give each state input and output the union of the pair's recorded ranges, in `overrides` (TensorQuantOverrides).
+
+    A state output made by data movement (a KV cache's `Slice(Concat(k_in, k))`) shares its producer's input
+    encoding, so the range goes up the chain to the tensor whose encoding it shares."""
+    producers = {o: n for n in graph.node for o in n.output}
     for s in spec.states:
         low = min(ranges[s.input]["min"], ranges[s.output]["min"])
         high = max(ranges[s.input]["max"], ranges[s.output]["max"])
-        for name in (s.input, s.output):
+        names, tensor = [s.input, s.output], s.output
+        while tensor in producers and producers[tensor].op_type in SHARED_ENCODING_OPS:
+            tensor = producers[tensor].input[0]
+            names.append(tensor)
+        for name in names:
             first, *rest = overrides.get(name) or [{}]
             if "scale" in first:  # an encoding QNN fixes (a 16-bit Sigmoid/Tanh output) already spans the op's whole range
                 continue
@@ -148,10 +160,10 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     activations, weights = (getattr(QuantType, t) for t in PRECISIONS[config.precision])
+    graph = onnx.load(str(source)).graph
     sixteen_bit: dict[str, list[dict]] = {}
     if config.sixteen_bit_states or config.sixteen_bit:
         # a 16-bit island in an 8-bit graph: HTP runs mixed precision, get_qnn_qdq_config adds the conversions
-        graph = onnx.load(str(source)).graph
         kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq")) if config.sixteen_bit_states else set()
         tensors = [o for n in graph.node if n.name in kept for o in n.output] + list(config.sixteen_bit_states)
         tensors += sixteen_bit_tensors(graph, config.sixteen_bit, config.variant)
@@ -163,7 +175,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
     )  # fmt: skip
     # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
     if config.state_range_overrides:
-        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges)
+        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph)
     quantize_static(
         str(source),
         str(output),
@@ -182,7 +194,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "3"
+    version = "4"
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
@@ -222,9 +234,9 @@ class QdqStage(Stage):
             for name in (*spec.input_names, *spec.output_names)
         }
         write_contract(out, contract.model_copy(update={"backend": "qnn", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings}))
-        weights = sum(1 for e in encodings.values() if e["kind"] == "weight")
+        constants = sum(1 for e in encodings.values() if e["kind"] == "constant")
         shared = sum(1 for g in guard.values() if g["same_encoding_as_input"])
         ctx.log(
-            f"{variant}: {len(encodings) - weights} activation and {weights} weight encodings; "
+            f"{variant}: {len(encodings) - constants} activation and {constants} constant (weight, bias) encodings; "
             f"{shared} of {len(guard)} state pairs share one encoding (integer state feeds back as is)"
         )
