@@ -194,7 +194,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "4"
+    version = "5"
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
