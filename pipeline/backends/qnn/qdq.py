@@ -56,15 +56,18 @@ SHARED_ENCODING_OPS = {"Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", 
 
 
 def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict], graph) -> None:
-    """Give each state input and output the union of the pair's recorded ranges, in `overrides` (TensorQuantOverrides).
+    """Give each chunk input its recorded range and each state input and output the union of the pair's, in
+    `overrides` (TensorQuantOverrides).
 
     A state output made by data movement (a KV cache's `Slice(Concat(k_in, k))`) shares its producer's input
     encoding, so the range goes up the chain to the tensor whose encoding it shares."""
     producers = {o: n for n in graph.node for o in n.output}
-    for s in spec.states:
-        low = min(ranges[s.input]["min"], ranges[s.output]["min"])
-        high = max(ranges[s.input]["max"], ranges[s.output]["max"])
-        names, tensor = [s.input, s.output], s.output
+    # chunk inputs too: the whole calibration stream's range, not the evenly spaced samples' (a loud PCM sample the
+    # samples miss would clip, and with it the PCM context a state carries)
+    groups = [((i.name,), i.name) for i in spec.inputs] + [((s.input, s.output), s.output) for s in spec.states]
+    for pair, last in groups:
+        low, high = min(ranges[n]["min"] for n in pair), max(ranges[n]["max"] for n in pair)
+        names, tensor = list(pair), last
         while tensor in producers and producers[tensor].op_type in SHARED_ENCODING_OPS:
             tensor = producers[tensor].input[0]
             names.append(tensor)
@@ -194,7 +197,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "5"
+    version = "6"
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
