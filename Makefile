@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechport-installed
 SP := $(VENV)/bin/speechport
 MODEL ?= lstm_ctc
 
-.PHONY: setup android ios onnx release test bench nightly corpus train clean
+.PHONY: setup android ios dsp onnx release test bench nightly corpus train clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ android: $(STAMP)
 
 ios: $(STAMP)
 	$(SP) build targets/ios.yaml
+
+dsp: $(STAMP)
+	$(SP) build targets/dsp.yaml
 
 onnx: $(STAMP)
 	$(SP) build targets/onnx.yaml
@@ -53,4 +56,4 @@ train: $(STAMP)
 	$(VENV)/bin/python -m models.train $(MODEL)
 
 clean:
-	rm -rf artifacts/cache artifacts/android artifacts/ios artifacts/onnx artifacts/nightly
+	rm -rf artifacts/cache artifacts/android artifacts/ios artifacts/dsp artifacts/onnx artifacts/nightly

@@ -63,7 +63,7 @@ def bench(manifest: Path) -> None:
 
 
 def main() -> None:
-    manifests = [Path(a).resolve() for a in sys.argv[1:]] or [REPO / "targets" / name for name in ("onnx.yaml", "android.yaml", "ios.yaml")]
+    manifests = [Path(a).resolve() for a in sys.argv[1:]] or [REPO / "targets" / name for name in ("onnx.yaml", "android.yaml", "ios.yaml", "dsp.yaml")]
     for manifest in manifests:
         bench(manifest)
 

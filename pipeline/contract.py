@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,6 +65,11 @@ class Contract(Strict):
         "bindings then name the model's state buffers.",
     )
     runtime: dict[str, str] = Field(default_factory=dict, description="How the app must load the artifact (e.g. Core ML compute units).")
+    backend_metadata: dict[str, Any] | None = Field(
+        None,
+        description="What an integration of this backend needs beyond the bindings, under the backend's name "
+        "(e.g. qnn: SDK versions, SoCs, context binaries, per-tensor encodings); absent for backends with none.",
+    )
 
     def binding(self, name: str) -> Binding:
         return self.bindings[name]
@@ -135,7 +140,9 @@ def identity_bindings(stream: StreamSpec) -> dict[str, Binding]:
 
 
 def write_contract(directory: Path, contract: Contract) -> None:
-    text = json.dumps(contract.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+    # without metadata the field is left out, so every other backend's contract keeps its bytes
+    document = contract.model_dump(mode="json", by_alias=True, exclude={"backend_metadata"} if contract.backend_metadata is None else None)
+    text = json.dumps(document, indent=2) + "\n"
     (directory / CONTRACT_FILE).write_text(text)
 
 

@@ -62,6 +62,9 @@ class SpeechData(Strict):
 class VerificationData(SpeechData):
     split: str = Field("verification", description="Corpus split streamed back to back through every artifact.")
     max_seconds: float | None = Field(None, gt=0, description="Stream only this much audio (None: all of it).")
+    teacher_steps: int = Field(
+        200, gt=0, description="Consecutive calls in each of the three teacher-forced windows (fewer for a runtime whose calls are slow, e.g. a simulator)."
+    )
 
 
 class CalibrationData(SpeechData):

@@ -89,7 +89,7 @@ def plan(manifest: Manifest) -> Graph:
                 ),
             )
         )
-        reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data), (("model", traced),)))
+        reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data, teacher_steps=v.teacher_steps), (("model", traced),)))
         for backend_name, precisions in manifest.backends.items():
             backend = get_backend(backend_name)
             lowering = Lowering(

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "onnxruntime": "pipeline.backends.onnxruntime:BACKEND",
     "litert": "pipeline.backends.litert:BACKEND",
     "coreml": "pipeline.backends.coreml:BACKEND",
+    "qnn": "pipeline.backends.qnn:BACKEND",
 }
 
 

@@ -61,6 +61,9 @@ class Backend:
     options: type[BaseModel] | None = None  # the manifest section named after the backend
     device_latency: bool = True  # False: its latency is a simulator's or an interpreter's, not a device's
     runtime_label: str = ""  # what executes the artifact during verification, for the report
+    # "module:function(artifact_dir, chunks, outputs) -> dict": figures of the backend's own, computed by verify from
+    # the artifact, the streamed chunks and the variant's streamed outputs, reported under `backend_figures`; "" for none
+    figures: str = ""
 
     def precision(self, name: str) -> Precision:
         for precision in self.precisions:
@@ -77,3 +80,6 @@ class Backend:
 
     def open_session(self, artifact_dir: Path, threads: int = 1) -> "StreamingSession":
         return _load(self.session)(artifact_dir, threads=threads)
+
+    def extra_figures(self, artifact_dir: Path, chunks: list, outputs: dict) -> dict | None:
+        return _load(self.figures)(artifact_dir, chunks, outputs) if self.figures else None

@@ -28,6 +28,7 @@ PLATFORMS: tuple[Platform, ...] = (
     Platform("android", "targets/android.yaml", "LiteRT (.tflite) for Android, Kotlin client"),
     Platform("ios", "targets/ios.yaml", "Core ML (.mlpackage) for iOS, Swift client (explicit state and stateful)"),
     Platform("onnx", "targets/onnx.yaml", "ONNX for onnxruntime (desktop, server), C++ client on the C API"),
+    Platform("dsp", "targets/dsp.yaml", "QNN for the Hexagon DSP: DLC, EP-context models with context binaries, C++ client on onnxruntime + QNN EP"),
 )
 
 # backend -> "module:function(contract, out_dir) -> list of written files"
@@ -35,6 +36,7 @@ CLIENTS: dict[str, str] = {
     "litert": "pipeline.release.clients.kotlin:generate",
     "coreml": "pipeline.release.clients.swift:generate",
     "onnxruntime": "pipeline.release.clients.cpp:generate",
+    "qnn": "pipeline.release.clients.cpp:generate",  # the same loop, run with --ep QNN backend_path=libQnnHtp.so
 }
 
 # What differs between two releases of the same tree built from empty caches (measured: two cold

@@ -46,20 +46,9 @@ def render_markdown(report: dict) -> str:
             f"| {_fmt(v.get('cer'), '.4f')} | {_fmt(v.get('cer_vs_reference'), '.4f')} | {_fmt(v.get('decision_agreement'), '.4f')} |"
         )
     if verified:
-        lines += [
-            "",
-            "## Speed",
-            "",
-            "| variant | runtime | RTF | p50 ms | p99 ms | device-meaningful |",
-            "|---|---|---|---|---|---|",
-        ]
-        for v in verified:
-            meaningful = "yes" if v.get("device_latency", True) else "no: not a device's timing, no budget applies"
-            lines.append(
-                f"| {v['name']} | {v.get('runtime', '-')} | {v['rtf']:.4f} | {v['latency_ms_p50']:.3f} | {v['latency_ms_p99']:.3f} | {meaningful} |"
-            )
-        lines += ["", "Timings are wall clock on the machine that ran verification, one thread."]
+        lines += speed_lines([v for v in verified if v.get("device_latency", True)], [v for v in verified if not v.get("device_latency", True)])
     lines += decision_lines(verified)
+    lines += backend_figure_lines(verified)
     failures = [(v["name"], f) for v in report["variants"] for f in v["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- `{name}`: {failure}" for name, failure in failures]
@@ -89,6 +78,54 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def speed_lines(device: list[dict], simulated: list[dict]) -> list[str]:
+    """Device-meaningful timings, and apart from them those of simulators and interpreters, to which no budget applies."""
+    lines = [
+        "",
+        "## Speed",
+        "",
+        "| variant | runtime | RTF | p50 ms | p99 ms | device-meaningful |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [(v, "yes") for v in device] + [(v, "no: not a device's timing, no budget applies") for v in simulated]
+    for k, (v, meaningful) in enumerate(rows):
+        if k == len(device) and device:  # the simulated rows sit below a divider of their own
+            lines.append("| *simulators and interpreters, not a device's timing* | | | | | |")
+        lines.append(
+            f"| {v['name']} | {v.get('runtime', '-')} | {v['rtf']:.4f} | {v['latency_ms_p50']:.3f} | {v['latency_ms_p99']:.3f} | {meaningful} |"
+        )
+    lines += ["", "Timings are wall clock on the machine that ran verification, one thread."]
+    if simulated:
+        lines[-1] += (
+            " The runtimes marked not device-meaningful run the artifact in simulation or interpretation on this "
+            "machine: their milliseconds per call say how long verification takes, nothing about a device."
+        )
+    return lines
+
+
+def _flat(value: object, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return [item for k, v in enumerate(value) for item in _flat(v, f"{prefix}[{k}]")]
+    return [(prefix, value)]
+
+
+def backend_figure_lines(verified: list[dict]) -> list[str]:
+    """Each variant's `backend_figures` (what its backend measures besides the shared metrics), flattened."""
+    with_figures = [v for v in verified if v.get("backend_figures")]
+    if not with_figures:
+        return []
+    lines = ["", "## Backend figures", ""]
+    for v in with_figures:
+        lines += [f"`{v['name']}`:", ""]
+        for key, value in _flat(v["backend_figures"]):
+            shown = format(value, ".4g") if isinstance(value, float) else str(value)
+            lines.append(f"- {key}: {shown}")
+        lines.append("")
+    return lines[:-1]
 
 
 def decision_lines(verified: list[dict]) -> list[str]:

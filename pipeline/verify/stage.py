@@ -118,8 +118,10 @@ class VerifyStage(Stage):
         summary = json.loads((reference_dir / STREAM_FILE).read_text())
         stream = speech_stream(config.data, spec)
 
-        session = get_backend(config.backend).open_session(artifact_dir, threads=config.threads)
+        backend = get_backend(config.backend)
+        session = backend.open_session(artifact_dir, threads=config.threads)
         outputs, seconds = session.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: {config.backend}")
+        backend_figures = backend.extra_figures(artifact_dir, stream.chunks, outputs)
         steps = len(stream.chunks)
         rate = spec.frontend.sample_rate
         window = max(1, int(round(config.window_seconds * rate / spec.chunk_samples)))
@@ -177,6 +179,8 @@ class VerifyStage(Stage):
         )
         if "cer" in summary:
             record["reference_cer"] = summary["cer"]
+        if backend_figures is not None:
+            record["backend_figures"] = backend_figures
         (out / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n")
         timings = {
             "rtf": float(seconds.sum() / record["audio_seconds"]),

@@ -28,7 +28,9 @@ def test_example_builds_from_its_own_directory_for_every_backend_and_precision(n
     shutil.copytree(REPO / "examples" / "byo" / name, home)
     manifest = yaml.safe_load((home / "target.yaml").read_text())
     manifest["backends"] = {backend: get_backend(backend).precision_names for backend in REGISTRY}
-    manifest["verification"] = {"corpus": str(CORPUS), "split": "verification", "max_seconds": 20}
+    # 8 s and 3 x 50 teacher-forced calls: the HTP simulator takes 5-120 ms a call of these models (lstm_logmel's
+    # two qnn variants alone took 3 min over 20 s), and every backend streams the same speech
+    manifest["verification"] = {"corpus": str(CORPUS), "split": "verification", "max_seconds": 8, "teacher_steps": 50}
     manifest["calibration"] = {"corpus": str(CORPUS), "split": "calibration", "max_samples": 300}
     (home / "target.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     monkeypatch.chdir(home)
@@ -41,7 +43,7 @@ def test_example_builds_from_its_own_directory_for_every_backend_and_precision(n
         assert v["status"] != "error", (key, v.get("error"))
         assert v["export"]["route"] == "torch.export", v["export"]
         assert not [op for op in v["ops"] if op.startswith("Flex")], (key, v["ops"])
-    for backend in REGISTRY:
+    for backend in [b for b in REGISTRY if "fp32" in get_backend(b).precision_names]:
         fp32 = variants[(backend, "fp32")]
         assert fp32["passed"], (backend, fp32["failures"])
         assert all(o["max_abs"] <= 1e-4 for o in fp32["outputs"].values()), fp32["outputs"]

@@ -1,0 +1,78 @@
+"""The manifest's `qnn:` section: which Snapdragon SoCs get a QNN context binary, and quantization choices."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# QNN's soc_model ids and the Hexagon (HTP) generation of each SoC. The EP accepts an htp_arch that contradicts
+# the soc_model and silently builds for the soc_model's (measured: v73 with soc 57 wrote the v75 binary), so the
+# pair is checked here against the SoC's own generation.
+SOCS: dict[str, tuple[int, str]] = {
+    "SM8350": (30, "v68"),  # Snapdragon 888
+    "SM8450": (36, "v69"),  # Snapdragon 8 Gen 1
+    "SM8550": (43, "v73"),  # Snapdragon 8 Gen 2
+    "SM8650": (57, "v75"),  # Snapdragon 8 Gen 3
+    "SM8750": (69, "v79"),  # Snapdragon 8 Elite
+}
+
+
+class Soc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description=f"Snapdragon SoC part number, one of {', '.join(SOCS)}.")
+    soc_model: int = Field(description="QNN's soc_model id of that SoC (SM8550: 43, SM8650: 57).")
+    htp_arch: Literal["v68", "v69", "v73", "v75", "v79"] = Field(description="Hexagon tensor processor generation of that SoC.")
+
+    @model_validator(mode="after")
+    def _known_pair(self) -> "Soc":
+        if self.name not in SOCS:
+            raise ValueError(f"unknown SoC {self.name!r}; known: {', '.join(f'{n} (soc_model {m}, {a})' for n, (m, a) in SOCS.items())}")
+        expected = SOCS[self.name]
+        if (self.soc_model, self.htp_arch) != expected:
+            raise ValueError(
+                f"{self.name} is soc_model {expected[0]} with HTP {expected[1]}, not soc_model {self.soc_model} with {self.htp_arch}"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.htp_arch}-{self.name}"
+
+
+DEFAULT_SOCS = (Soc(name="SM8550", soc_model=43, htp_arch="v73"), Soc(name="SM8650", soc_model=57, htp_arch="v75"))
+
+
+class QnnOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    socs: tuple[Soc, ...] = Field(
+        DEFAULT_SOCS,
+        min_length=1,
+        description="SoCs to write an EP-context model and QNN context binary for (each a soc_model id and its HTP "
+        "generation); the first is the one verification streams on. Default: SM8550 (v73) and SM8650 (v75).",
+    )
+    per_channel: bool = Field(
+        True, description="Per-channel weight scales where HTP takes them (Conv; QNN has no per-channel MatMul/Gemm)."
+    )
+    sixteen_bit_states: dict[Literal["a8w8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="a8w8 only: state inputs (e.g. c_in) whose recurrence is quantized to 16 bits inside the 8-bit graph: "
+        "every op on a path from the state input to its state output, and every op reading such a value (tanh(c)).",
+    )
+    sixteen_bit: dict[Literal["a8w8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them, e.g. node_Conv_*) whose "
+        "values are quantized to 16 bits, e.g. a raw-PCM front end whose values no 8-bit grid holds.",
+    )
+    calibration_samples: int | None = Field(
+        None, gt=0, description="Recorded (chunk, state) pairs to calibrate on (evenly spaced); None: every recorded pair."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "QnnOptions":
+        names = [s.name for s in self.socs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"socs lists a SoC twice: {names}")
+        return self

@@ -1,0 +1,245 @@
+"""qnn-qdq: the simplified ONNX graph -> a QDQ graph for HTP (a8w8 or a16w8), calibrated on real (chunk, state) pairs.
+
+`get_qnn_qdq_config` sets the overrides QNN needs (16-bit Sigmoid/Tanh encodings, per-tensor
+MatMul weights, per-channel Conv weights when asked), `quantize_static` calibrates (MinMax) on the
+calibrate stage's recorded pairs. Then:
+
+- the state-range guard: every state output must be able to represent the range its state input
+  takes on real speech, since it is fed back as that input. onnxruntime's quantizer gives a tensor
+  that feeds only a Relu the Relu's [0, max] range even when the tensor is also a graph output,
+  which clamps a recurrent state at 0 on every call. Each state pair is therefore calibrated to
+  the union of both tensors' recorded ranges (TensorQuantOverrides), which also gives the pair
+  one encoding, so integer state feeds back as is; a state whose range is still short fails the
+  stage, naming the tensor.
+- the integer boundary (boundary.py): graph I/O in HTP's integers, each encoding in the contract.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.backends.qnn.files import ARTIFACT, ENCODINGS_FILE, GUARD_FILE
+from pipeline.cache import Artifact
+from pipeline.contract import Binding, Quantization, read_contract, write_contract
+from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.errors import InternalError, ToolchainError, UserError
+from pipeline.onnx_graph import recurrence_nodes
+from pipeline.spec import StreamSpec
+from pipeline.verify.records import RANGES_FILE, load_calibration
+
+PRECISIONS = {"a8w8": ("QUInt8", "QUInt8"), "a16w8": ("QUInt16", "QUInt8")}  # (activations, weights)
+
+
+class QdqConfig(StageConfig):
+    precision: Literal["a8w8", "a16w8"] = Field(description="a8w8: 8-bit activations and weights; a16w8: 16-bit activations, 8-bit weights.")
+    variant: str = Field("", exclude=True, description="Variant name for messages (not part of the key).")
+    per_channel: bool = Field(True, description="Per-channel weight scales where HTP takes them (Conv).")
+    calibration_samples: int | None = Field(None, gt=0, description="Recorded pairs to calibrate on, evenly spaced; None: all.")
+    state_range_overrides: bool = Field(
+        True, description="Calibrate each state pair to the union of both tensors' ranges; off only to show the guard catching the trap."
+    )
+    sixteen_bit_states: tuple[str, ...] = Field(
+        (), description="a8w8 only: state inputs whose recurrence (the path to the paired output and its readers) is quantized to 16 bits."
+    )
+    sixteen_bit: tuple[str, ...] = Field(
+        (), description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them) whose values are quantized to 16 bits."
+    )
+
+
+# ops whose output onnxruntime's quantizer gives its input's encoding (an override on the output alone is ignored)
+SHARED_ENCODING_OPS = {"Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Gather"}
+
+
+def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict], graph) -> None:
+    """Give each chunk input its recorded range and each state input and output the union of the pair's, in
+    `overrides` (TensorQuantOverrides).
+
+    A state output made by data movement (a KV cache's `Slice(Concat(k_in, k))`) shares its producer's input
+    encoding, so the range goes up the chain to the tensor whose encoding it shares."""
+    producers = {o: n for n in graph.node for o in n.output}
+    # chunk inputs too: the whole calibration stream's range, not the evenly spaced samples' (a loud PCM sample the
+    # samples miss would clip, and with it the PCM context a state carries)
+    groups = [((i.name,), i.name) for i in spec.inputs] + [((s.input, s.output), s.output) for s in spec.states]
+    for pair, last in groups:
+        low, high = min(ranges[n]["min"] for n in pair), max(ranges[n]["max"] for n in pair)
+        names, tensor = list(pair), last
+        while tensor in producers and producers[tensor].op_type in SHARED_ENCODING_OPS:
+            tensor = producers[tensor].input[0]
+            names.append(tensor)
+        for name in names:
+            first, *rest = overrides.get(name) or [{}]
+            if "scale" in first:  # an encoding QNN fixes (a 16-bit Sigmoid/Tanh output) already spans the op's whole range
+                continue
+            overrides[name] = [{**first, "rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}, *rest]
+
+
+def representable(q: Quantization) -> tuple[float, float]:
+    info = np.iinfo(q.dtype)
+    return (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
+
+
+def check_state_ranges(spec: StreamSpec, encodings: dict[str, Quantization], ranges: dict[str, dict], variant: str, where: str) -> dict:
+    """Each state output must represent the range of the state input it becomes (within one step); fail naming it."""
+    report, problems = {}, []
+    for s in spec.states:
+        need_low, need_high = ranges[s.input]["min"], ranges[s.input]["max"]
+        q = encodings[s.output]
+        low, high = representable(q)
+        covered = low <= need_low + q.scale and high >= need_high - q.scale
+        report[s.output] = {
+            "feeds": s.input,
+            "representable": [low, high],
+            "state_input_range": [need_low, need_high],
+            "covered": covered,
+            "same_encoding_as_input": encodings[s.input] == q,
+        }
+        if not covered:
+            problems.append(
+                f"state output {s.output!r} is quantized to [{low:.4g}, {high:.4g}] (scale {q.scale:.3g}, zero point "
+                f"{q.zero_point}) but feeds back as {s.input!r}, which ranges over [{need_low:.4g}, {need_high:.4g}] on "
+                "the calibration speech"
+            )
+    if problems:
+        raise ToolchainError(
+            "; ".join(problems) + ": every call would clamp the state (a tensor read only by a Relu/Clip is given that "
+            "op's range); its range must cover the state input's (TensorQuantOverrides rmin/rmax)",
+            tool="onnxruntime",
+            stage=where,
+            variant=variant,
+        )
+    return report
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over the recorded (chunk, state) pairs."""
+
+    def __init__(self, recorded: dict[str, np.ndarray], names: list[str], limit: int | None) -> None:
+        count = len(recorded[names[0]])
+        keep = np.unique(np.linspace(0, count - 1, min(limit or count, count)).round().astype(int))
+        self._feeds = iter([{n: recorded[n][k].astype(np.float32) for n in names} for k in keep])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def sixteen_bit_tensors(graph, patterns: tuple[str, ...], variant: str) -> list[str]:
+    """Outputs of the nodes, and the graph inputs, each pattern names (shell-style: exporters number nodes by graph
+    size); a pattern matching nothing fails, listing what there is."""
+    from fnmatch import fnmatchcase
+
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        hits = [o for n in graph.node if fnmatchcase(n.name, pattern) for o in n.output] + [i for i in inputs if fnmatchcase(i, pattern)]
+        if not hits:
+            names = [n.name for n in graph.node]
+            shown = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "")
+            raise UserError(
+                f"{variant}: qnn.sixteen_bit names {pattern!r}, which matches no ONNX node or graph input of the model; "
+                f"graph inputs: {', '.join(inputs)}; nodes: {shown}"
+            )
+        found.update(dict.fromkeys(hits))
+    return list(found)
+
+
+def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dict], recorded: dict[str, np.ndarray], config: QdqConfig) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    activations, weights = (getattr(QuantType, t) for t in PRECISIONS[config.precision])
+    graph = onnx.load(str(source)).graph
+    sixteen_bit: dict[str, list[dict]] = {}
+    if config.sixteen_bit_states or config.sixteen_bit:
+        # a 16-bit island in an 8-bit graph: HTP runs mixed precision, get_qnn_qdq_config adds the conversions
+        kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq")) if config.sixteen_bit_states else set()
+        tensors = [o for n in graph.node if n.name in kept for o in n.output] + list(config.sixteen_bit_states)
+        tensors += sixteen_bit_tensors(graph, config.sixteen_bit, config.variant)
+        sixteen_bit = {name: [{"quant_type": QuantType.QUInt16}] for name in tensors}
+    reader = _Reader(recorded, spec.input_names, config.calibration_samples)
+    qnn = get_qnn_qdq_config(
+        str(source), reader, calibrate_method=CalibrationMethod.MinMax, activation_type=activations, weight_type=weights,
+        per_channel=config.per_channel, init_overrides=sixteen_bit or None,
+    )  # fmt: skip
+    # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
+    if config.state_range_overrides:
+        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph)
+    quantize_static(
+        str(source),
+        str(output),
+        qnn.calibration_data_reader,
+        calibrate_method=qnn.calibrate_method,
+        activation_type=qnn.activation_type,
+        weight_type=qnn.weight_type,
+        op_types_to_quantize=qnn.op_types_to_quantize,
+        nodes_to_exclude=qnn.nodes_to_exclude,
+        per_channel=qnn.per_channel,
+        use_external_data_format=False,
+        extra_options=qnn.extra_options,
+        calibration_providers=["CPUExecutionProvider"],
+    )
+
+
+class QdqStage(Stage):
+    name = "qnn-qdq"
+    version = "6"
+    tools = ("onnx", "onnxruntime")
+    Config = QdqConfig
+
+    @classmethod
+    def run(cls, config: QdqConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
+        import onnx
+
+        from pipeline.backends.qnn.boundary import encodings_of, integer_boundary
+
+        source = inputs["model"].path
+        contract = read_contract(source)
+        spec = contract.stream
+        variant = config.variant or f"qnn-{config.precision}"
+        if (config.sixteen_bit_states or config.sixteen_bit) and config.precision != "a8w8":
+            raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
+        if "calibration" not in inputs:
+            raise InternalError(f"{variant}: a qnn-qdq node was planned without a calibration input")
+        calibration = inputs["calibration"].path
+        ranges = json.loads((calibration / RANGES_FILE).read_text())["ranges"]
+        quantize(source / contract.artifact, out / ARTIFACT, spec, ranges, load_calibration(calibration), config)
+
+        model = onnx.load(str(out / ARTIFACT))
+        activation_dtype = "uint16" if config.precision == "a16w8" else "uint8"
+        states = {s.input: s.output for s in spec.states}
+        sixteen = (*config.sixteen_bit_states, *config.sixteen_bit)  # graph inputs among them: the rest are node names
+        boundary = integer_boundary(model, ranges, activation_dtype, states, dict.fromkeys(sixteen, "uint16"))
+        guard = check_state_ranges(spec, boundary, ranges, variant, ctx.node_id)
+        onnx.save(model, str(out / ARTIFACT))
+        encodings = encodings_of(model)
+        (out / ENCODINGS_FILE).write_text(json.dumps(encodings, indent=1) + "\n")
+        (out / GUARD_FILE).write_text(json.dumps(guard, indent=1) + "\n")
+
+        shapes = {i.name: i.shape for i in spec.inputs} | {o.name: o.shape for o in spec.outputs}
+        shapes |= {s.input: s.shape for s in spec.states} | {s.output: s.shape for s in spec.states}
+        bindings = {
+            name: Binding(name=name, shape=tuple(shapes[name]), dtype=boundary[name].dtype, quantization=boundary[name])
+            for name in (*spec.input_names, *spec.output_names)
+        }
+        write_contract(out, contract.model_copy(update={"backend": "qnn", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings}))
+        constants = sum(1 for e in encodings.values() if e["kind"] == "constant")
+        shared = sum(1 for g in guard.values() if g["same_encoding_as_input"])
+        ctx.log(
+            f"{variant}: {len(encodings) - constants} activation and {constants} constant (weight, bias) encodings; "
+            f"{shared} of {len(guard)} state pairs share one encoding (integer state feeds back as is)"
+        )

@@ -1,0 +1,351 @@
+"""The Qualcomm DSP path: QDQ quantization with integer I/O and the state-range guard, every node on HTP (a
+refused node named with its op), the DLC and per-SoC context binaries, the EP-context model matching the QDQ graph,
+the qnn stages' cache behaviour and the error for a missing onnxruntime-qnn.
+
+One tiny target (a 1 x 32 LSTM, a8w8 and a16w8) is built once for the module, streamed on the HTP simulator for
+a few seconds of speech (a simulator call costs milliseconds, not microseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import dag
+from pipeline import execute as executor
+from pipeline.backends.qnn.options import QnnOptions
+from pipeline.cache import Artifact, Cache, sha256_file
+from pipeline.contract import read_contract
+from pipeline.errors import ToolchainError, UserError
+from pipeline.manifest import load_manifest
+from pipeline.plan import plan
+from pipeline.session import from_binding, to_binding
+from pipeline.spec import CtcDecoder, LogMelFrontend, InputSpec, OutputSpec, StateSpec, StreamSpec
+from tests.conftest import CORPUS, tiny_checkpoint, write_manifest
+
+PRECISIONS = ["a8w8", "a16w8"]
+
+
+def manifest(tmp: Path, **extra) -> dict:
+    return {
+        "name": "tiny-dsp",
+        "model": {"factory": "models.lstm_ctc:build", "kwargs": {"hidden": 32, "layers": 1}, "checkpoint": str(tiny_checkpoint(tmp / "tiny.safetensors"))},
+        "chunk_ms": [20],
+        "backends": {"qnn": PRECISIONS},
+        "verification": {"corpus": str(CORPUS), "split": "verification", "max_seconds": 4},
+        "calibration": {"corpus": str(CORPUS), "split": "calibration", "max_samples": 200},
+        **extra,
+    }
+
+
+def build(document: dict, path: Path, cache: Path) -> tuple[dict[str, Artifact], dict[str, bool], dag.Graph]:
+    hits: dict[str, bool] = {}
+    events = executor.BuildEvents(finished=lambda node_id, hit, seconds, note: hits.__setitem__(node_id, hit))
+    graph = plan(load_manifest(write_manifest(path, **document)))
+    return executor.execute(graph, Cache(cache), "tiny-dsp", events), hits, graph
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("dsp")
+    document = manifest(tmp)
+    built, hits, graph = build(document, tmp / "m.yaml", tmp / "cache")
+    report = json.loads((built["report"].path / "report.json").read_text())
+    return {"tmp": tmp, "document": document, "built": built, "hits": hits, "graph": graph, "report": report}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_precision_runs_on_htp_with_integer_bindings_and_ships_dlc_and_context_binaries(tiny_target: dict, precision: str) -> None:
+    artifact = tiny_target["built"][f"qnn-htp-{precision}@20ms"].path
+    contract = read_contract(artifact)
+    dtype = {"a8w8": "uint8", "a16w8": "uint16"}[precision]
+    assert contract.backend == "qnn" and contract.precision == precision and contract.artifact == "model.onnx"
+    for name, binding in contract.bindings.items():
+        assert binding.dtype == dtype and binding.quantization is not None and binding.quantization.dtype == dtype, (name, binding)
+    # a state pair shares one encoding, so the app may feed the integer state straight back
+    for s in contract.stream.states:
+        assert contract.bindings[s.input].quantization == contract.bindings[s.output].quantization, s
+    value = np.linspace(-0.9, 0.9, 32, dtype=np.float32).reshape(1, 32)
+    h = contract.bindings["h_in"]
+    assert np.abs(from_binding(to_binding(value, h), h) - value).max() <= h.quantization.scale / 2 + 1e-7
+
+    qnn = contract.backend_metadata["qnn"]
+    assert qnn["versions"]["onnxruntime-qnn"] == "2.7.0" and qnn["versions"]["qnn_sdk"]
+    assert [s["name"] for s in qnn["socs"]] == ["SM8550", "SM8650"] and [s["htp_arch"] for s in qnn["socs"]] == ["v73", "v75"]
+    files = [qnn["dlc"]] + [b for s in qnn["socs"] for b in [s["context_model"], *s["context_binaries"]]]
+    for entry in files:
+        assert (artifact / entry["file"]).stat().st_size == entry["bytes"] > 0 and sha256_file(artifact / entry["file"]) == entry["sha256"]
+    binaries = [s["context_binaries"][0]["sha256"] for s in qnn["socs"]]
+    assert len(set(binaries)) == 2, "one context binary per HTP generation"
+    assert (artifact / "model.dlc").read_bytes()[:2] == b"PK"  # a DLC is a zip container
+    # per-tensor encodings, QNN's convention (offset = -zero point), for the state tensors among them
+    encoding = qnn["encodings"]["h_out"]
+    assert encoding["bitwidth"] == int(dtype[4:]) and encoding["offset"] == -contract.bindings["h_out"].quantization.zero_point
+
+    variant = next(v for v in tiny_target["report"]["variants"] if v["precision"] == precision)
+    assert variant["status"] != "error" and variant["runtime"].startswith("QNN HTP simulator") and not variant["device_latency"]
+    figures = variant["backend_figures"]
+    assert 0.0 <= figures["cpu_ep_vs_htp"]["logits"]["decision_agreement"] <= 1.0
+    assert figures["cpu_ep_vs_htp_calls"] == variant["steps"]
+    assert all(check["identical"] for check in figures["ep_context_check"].values()), figures["ep_context_check"]
+    markdown = (tiny_target["built"]["report"].path / "report.md").read_text()
+    assert "## Backend figures" in markdown and "cpu_ep_vs_htp.logits.decision_agreement" in markdown
+    assert "not a device's timing" in markdown
+
+
+def test_an_ep_context_model_reloaded_streams_like_the_qdq_graph(tiny_target: dict) -> None:
+    from pipeline.backends.qnn.compile import context_model
+    from pipeline.backends.qnn.options import DEFAULT_SOCS
+    from pipeline.backends.qnn.session import QnnSession
+
+    artifact = tiny_target["built"]["qnn-htp-a16w8@20ms"].path
+    soc = DEFAULT_SOCS[1]
+    qdq = QnnSession(artifact, soc=soc.model_dump())
+    context = QnnSession(artifact, model=context_model(artifact, soc), soc=soc.model_dump())
+    rng = np.random.default_rng(1)
+    chunks = [{"feats": rng.standard_normal((2, 80)).astype(np.float32) * 2} for _ in range(20)]
+    a, _ = qdq.stream(chunks)
+    b, _ = context.stream(chunks)
+    assert np.array_equal(a["logits"], b["logits"]) and np.abs(a["logits"]).max() > 0
+
+
+def test_a_node_htp_cannot_run_fails_naming_node_op_and_legalization(tiny_target: dict, tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    from pipeline.backends.qnn.htp import HtpConfig, HtpStage
+
+    from pipeline.backends.qnn.boundary import _sort_topologically
+
+    source = tiny_target["built"]["qnn-qdq-a16w8@20ms"].path
+    model = onnx.load(str(source / "model.onnx"))
+    # head -> Q -> DQ -> Softsign -> (the output's Q): a QDQ node unit with an op HTP has no kernel for
+    quantize = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == "logits")
+    head = next(n for n in model.graph.node if quantize.input[0] in n.output)
+    head.output[:] = ["head_float"]
+    scale, zero_point = quantize.input[1:]
+    model.graph.node.extend(
+        [
+            helper.make_node("QuantizeLinear", ["head_float", scale, zero_point], ["head_q"], name="head_q", domain="com.microsoft"),
+            helper.make_node("DequantizeLinear", ["head_q", scale, zero_point], ["head_dq"], name="head_dq", domain="com.microsoft"),
+            helper.make_node("Softsign", ["head_dq"], [quantize.input[0]], name="/guard/Softsign"),
+        ]
+    )
+    _sort_topologically(model.graph)
+    broken = tmp_path / "qdq"
+    shutil.copytree(source, broken)
+    onnx.save(model, str(broken / "model.onnx"))
+    out = tmp_path / "out"
+    out.mkdir()
+    inputs = {"model": Artifact("qnn-qdq", "k", broken, "d"), "calibration": tiny_target["built"]["calibrate@20ms"]}
+    with pytest.raises(ToolchainError) as caught:
+        HtpStage.run(HtpConfig(variant="qnn-a16w8@20ms"), inputs, out, dag.StageContext("qnn-htp-a16w8@20ms"))
+    message = str(caught.value)
+    for part in ("'/guard/Softsign' (Softsign)", "not supported by QNN EP", "legalization: x / (1 + |x|)", "CPU fallback is disabled", "qnn-a16w8@20ms", "onnxruntime-qnn 2.7.0"):
+        assert part in message, message
+    assert caught.value.op == "Softsign" and caught.value.exit_code == 4
+    assert not (out / "model.dlc").exists()
+
+
+def guard_spec() -> StreamSpec:
+    return StreamSpec(
+        chunk_samples=320,
+        frontend=LogMelFrontend(),
+        inputs=(InputSpec(name="x", shape=(1, 4), time_axis=0),),
+        states=(StateSpec(input="s_in", output="s_out", shape=(1, 4)),),
+        outputs=(OutputSpec(name="y", shape=(1, 3), time_axis=0, kind="ctc_logits"),),
+        decoder=CtcDecoder(vocabulary="ab"),
+    )
+
+
+def relu_state_model(path: Path) -> None:
+    """s_out = 0.5 s_in + x W, read inside the graph only by a Relu, and a graph output: the quantizer's trap."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Mul", ["s_in", "half"], ["decayed"]),
+        helper.make_node("Add", ["decayed", "xw"], ["s_out"]),
+        helper.make_node("Relu", ["s_out"], ["rectified"]),
+        helper.make_node("MatMul", ["rectified", "w_out"], ["y"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+        numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w_out"),
+    ]
+    io = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    graph = helper.make_graph(nodes, "relu_state", [io("x", [1, 4]), io("s_in", [1, 4])], [io("y", [1, 3]), io("s_out", [1, 4])], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_state_range_guard_catches_the_relu_trap_and_the_override_fixes_it(tmp_path: Path, precision: str) -> None:
+    import onnx
+
+    from pipeline.backends.qnn.boundary import integer_boundary
+    from pipeline.backends.qnn.qdq import QdqConfig, check_state_ranges, quantize
+
+    relu_state_model(tmp_path / "float.onnx")
+    rng = np.random.default_rng(0)
+    recorded = {"x": rng.standard_normal((200, 1, 4)).astype(np.float32), "s_in": rng.uniform(-3, 3, (200, 1, 4)).astype(np.float32)}
+    ranges = {"x": {"min": -3.0, "max": 3.0}, "s_in": {"min": -3.0, "max": 3.0}, "s_out": {"min": -4.0, "max": 4.0}, "y": {"min": -5.0, "max": 5.0}}
+    spec = guard_spec()
+    for overrides in (False, True):
+        config = QdqConfig(precision=precision, state_range_overrides=overrides)  # type: ignore[arg-type]
+        quantize(tmp_path / "float.onnx", tmp_path / f"qdq-{overrides}.onnx", spec, ranges, recorded, config)
+        model = onnx.load(str(tmp_path / f"qdq-{overrides}.onnx"))
+        encodings = integer_boundary(model, ranges, "uint16" if precision == "a16w8" else "uint8")
+        if not overrides:
+            with pytest.raises(ToolchainError) as caught:
+                check_state_ranges(spec, encodings, ranges, "qnn-x", "qnn-qdq")
+            message = str(caught.value)
+            assert "state output 's_out' is quantized to [0," in message and "feeds back as 's_in'" in message, message
+            assert "TensorQuantOverrides" in message
+        else:
+            report = check_state_ranges(spec, encodings, ranges, "qnn-x", "qnn-qdq")
+            assert report["s_out"]["covered"] and report["s_out"]["representable"][0] <= -4.0 + encodings["s_out"].scale
+            assert report["s_out"]["same_encoding_as_input"]
+
+
+def test_qnn_cache_hits_and_a_soc_change_misses_only_the_htp_nodes(tiny_target: dict) -> None:
+    tmp, document = tiny_target["tmp"], tiny_target["document"]
+    assert not any(tiny_target["hits"].values())
+    _, hits, _ = build(document, tmp / "m.yaml", tmp / "cache")
+    assert all(hits.values()), hits
+    changed = {**document, "qnn": {"socs": [{"name": "SM8650", "soc_model": 57, "htp_arch": "v75"}, {"name": "SM8750", "soc_model": 69, "htp_arch": "v79"}]}}
+    graph = plan(load_manifest(write_manifest(tmp / "m2.yaml", **changed)))
+    statuses = {s.node_id: s for s in dag.explain(graph, Cache(tmp / "cache"), "tiny-dsp")}
+    missed = {node for node, s in statuses.items() if not s.hit}
+    assert missed == {"qnn-htp-a8w8@20ms", "qnn-htp-a16w8@20ms", "verify:qnn-a8w8@20ms", "verify:qnn-a16w8@20ms", "report"}, missed
+    assert any("config socs" in r for r in statuses["qnn-htp-a8w8@20ms"].reasons), statuses["qnn-htp-a8w8@20ms"].reasons
+
+
+def test_a_new_onnxruntime_qnn_version_misses_the_htp_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.backends.qnn.htp import HtpConfig, HtpStage
+
+    node = dag.Node("qnn-htp-a8w8@20ms", HtpStage, HtpConfig())
+    before = dag.key_of(dag.key_document(node, {"model": "m", "calibration": "c"}))
+    real = dag.tool_version
+    monkeypatch.setattr(dag, "tool_version", lambda name: "2.8.0" if name == "onnxruntime-qnn" else real(name))
+    document = dag.key_document(node, {"model": "m", "calibration": "c"})
+    assert document["tools"]["onnxruntime-qnn"] == "2.8.0" and dag.key_of(document) != before
+
+
+def test_soc_pairs_are_checked_against_the_socs_own_generation() -> None:
+    with pytest.raises(ValueError, match="SM8550 is soc_model 43 with HTP v73, not soc_model 57 with v73"):
+        QnnOptions(socs=[{"name": "SM8550", "soc_model": 57, "htp_arch": "v73"}])
+    with pytest.raises(ValueError, match="unknown SoC 'SM9999'"):
+        QnnOptions(socs=[{"name": "SM9999", "soc_model": 1, "htp_arch": "v73"}])
+    assert [s.label for s in QnnOptions().socs] == ["v73-SM8550", "v75-SM8650"]
+
+
+def test_a_missing_or_broken_onnxruntime_qnn_names_the_package_and_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import onnxruntime_qnn
+
+    from pipeline.backends.qnn import runtime
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # as if not installed: the import raises ImportError
+    with pytest.raises(UserError) as caught:
+        runtime.qnn_package()
+    message = str(caught.value)
+    assert "onnxruntime-qnn" in message and "pip install onnxruntime-qnn==2.7.0" in message and "make setup" in message, message
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", onnxruntime_qnn)
+
+    monkeypatch.setattr(onnxruntime_qnn, "get_qnn_htp_path", lambda: str(tmp_path / "libQnnHtp.so"))
+    with pytest.raises(UserError) as caught:
+        runtime.qnn_package()
+    message = str(caught.value)
+    assert "onnxruntime-qnn install is broken" in message and "libQnnHtp.so missing" in message and "pip install onnxruntime-qnn==2.7.0" in message
+
+
+def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_encoding(tiny_target: dict) -> None:
+    tmp, document = tiny_target["tmp"], tiny_target["document"]
+    changed = {**document, "qnn": {"sixteen_bit_states": {"a8w8": ["c_in"]}}}
+    built, hits, _ = build(changed, tmp / "m3.yaml", tmp / "cache")
+    assert {node for node, hit in hits.items() if not hit} == {"qnn-qdq-a8w8@20ms", "qnn-htp-a8w8@20ms", "verify:qnn-a8w8@20ms", "report"}
+    bindings = read_contract(built["qnn-htp-a8w8@20ms"].path).bindings
+    assert bindings["c_in"].dtype == bindings["c_out"].dtype == "uint16" and bindings["c_in"].quantization == bindings["c_out"].quantization
+    assert bindings["h_in"].dtype == bindings["feats"].dtype == "uint8"
+    report = json.loads((built["report"].path / "report.json").read_text())
+    assert all(v["status"] != "error" for v in report["variants"]), report["variants"]
+
+
+def test_legalize_rewrites_ops_htp_lacks_exactly_and_the_result_runs_on_htp(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pipeline.backends.qnn.legalize import REWRITES, legalize
+    from pipeline.backends.qnn.ops import REWRITTEN
+    from pipeline.backends.qnn.runtime import htp_session
+
+    assert tuple(REWRITES) == REWRITTEN  # what the error message says qnn-legalize rewrites is what it rewrites
+    nodes = [
+        helper.make_node("Softsign", ["x"], ["a"], name="/m/Softsign"),
+        helper.make_node("Sinh", ["a"], ["b"], name="/m/Sinh"),
+        helper.make_node("Cosh", ["b"], ["c"], name="/m/Cosh"),
+        helper.make_node("Acos", ["a"], ["d"], name="/m/Acos"),
+        helper.make_node("Add", ["c", "d"], ["y"], name="/m/Add"),
+    ]
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 16])  # noqa: E731
+    model = helper.make_model(helper.make_graph(nodes, "htp_lacks", [io("x")], [io("y")]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    fired = legalize(model)
+    onnx.save(model, str(tmp_path / "after.onnx"))
+    assert {op: len(names) for op, names in fired.items()} == {"Softsign": 1, "Sinh": 1, "Cosh": 1, "Acos": 1}
+    assert not {n.op_type for n in model.graph.node} & set(REWRITTEN)
+    x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(1, 16)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert np.abs(run(tmp_path / "before.onnx") - run(tmp_path / "after.onnx")).max() <= 1e-5
+    from onnxruntime.quantization import QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    for name in ("before", "after"):  # HTP runs the quantized graph, as qnn-qdq writes it
+        samples = iter([{"x": (x * k).astype(np.float32)} for k in np.linspace(-1, 1, 20)])
+        reader = type("Reader", (), {"get_next": lambda self: next(samples, None)})()
+        config = get_qnn_qdq_config(str(tmp_path / f"{name}.onnx"), reader, activation_type=QuantType.QUInt16)
+        quantize_static(str(tmp_path / f"{name}.onnx"), str(tmp_path / f"{name}.qdq.onnx"), reader, activation_type=config.activation_type,
+                        weight_type=config.weight_type, op_types_to_quantize=config.op_types_to_quantize, extra_options=config.extra_options)  # fmt: skip
+    with pytest.raises(Exception, match="fallback to CPU EP has been explicitly disabled"):
+        htp_session(tmp_path / "before.qdq.onnx")
+    htp_session(tmp_path / "after.qdq.onnx")  # every node on HTP
+
+
+def test_refused_nodes_are_read_from_the_verbose_and_the_error_log() -> None:
+    from pipeline.backends.qnn.htp import refused_nodes
+
+    verbose = (
+        "[V:onnxruntime:, qnn_execution_provider.cc:1713 LogNodeSupport] Validation FAILED for 1 nodes in OrtNodeUnit (Softsign) :\n"
+        "\tOperator type: Softsign Node name: /guard/Softsign Node index: 124\n"
+        "\tREASON : Operators of type `Softsign` are not supported by QNN EP.\n"
+        "[E:onnxruntime:, qnn_execution_provider.cc:2453 GetCapabilityImpl] Unsupported nodes in QNN EP: { name: /m/Erf, type: Erf }\n"
+    )
+    assert refused_nodes(verbose) == [
+        {"op": "Softsign", "node": "/guard/Softsign", "reason": "Operators of type `Softsign` are not supported by QNN EP."},
+        {"op": "Erf", "node": "/m/Erf", "reason": "unsupported by QNN EP"},
+    ]
+
+
+def test_each_qnn_stage_misses_on_its_own_version_and_tool(tiny_target: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, cache = tiny_target["graph"], Cache(tiny_target["tmp"] / "cache")
+    real = dag.tool_version
+    nodes = [node for node in graph.nodes.values() if node.stage.name.startswith("qnn-")]
+    assert {node.stage.name for node in nodes} == {"qnn-legalize", "qnn-qdq", "qnn-htp"}
+    for node in nodes:
+        with monkeypatch.context() as patch:
+            patch.setattr(node.stage, "version", node.stage.version + "-next")
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny-dsp")}[node.id]
+            assert not status.hit and any(r.startswith("stage version") for r in status.reasons), node.id
+        tool = node.stage.tools[-1]
+        with monkeypatch.context() as patch:
+            patch.setattr(dag, "tool_version", lambda name: "0.0-other" if name == tool else real(name))
+            status = {s.node_id: s for s in dag.explain(graph, cache, "tiny-dsp")}[node.id]
+            assert not status.hit and any(r.startswith(f"tool version {tool}") for r in status.reasons), node.id
