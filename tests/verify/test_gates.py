@@ -20,11 +20,14 @@ from pipeline.cache import Artifact, Cache
 from pipeline.contract import read_contract, write_contract
 from pipeline.manifest import load_manifest
 from pipeline.plan import plan
-from pipeline.verify.gates import FLOAT16, FLOAT32, INT8_ACTIVATIONS, INT16_ACTIVATIONS, Tolerance, judge
+from pipeline.backends import REGISTRY, get_backend
+from pipeline.verify.gates import FLOAT16, FLOAT32, INT8_ACTIVATIONS, INT8_WEIGHTS, INT16_ACTIVATIONS, Tolerance, judge
 from pipeline.verify.stage import RESULT_FILE, VerifyStage
 from tests.conftest import write_manifest
 
-PRESETS = {"fp32": FLOAT32, "fp16": FLOAT16, "int16": INT16_ACTIVATIONS, "int8": INT8_ACTIVATIONS}
+PRESETS = {"fp32": FLOAT32, "fp16": FLOAT16, "int16": INT16_ACTIVATIONS, "int8": INT8_ACTIVATIONS, "int8w": INT8_WEIGHTS}
+# every default a registered backend applies, its own adjustments of the presets included
+BACKEND_DEFAULTS = {f"{b}.{p.name}": p.tolerance for b in REGISTRY for p in get_backend(b).precisions}
 
 
 def test_a_bound_is_removed_only_with_a_reason() -> None:
@@ -56,15 +59,16 @@ def _metrics(error_fraction: float) -> tuple[dict, dict]:
     return {"y": m}, {"y_out": state}
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS | BACKEND_DEFAULTS))
 def test_half_the_range_fails_every_default_and_on_outputs_and_states_alike(preset: str) -> None:
     outputs, states = _metrics(0.5)
-    failures = judge(outputs, states, PRESETS[preset], {})
+    tolerance = (PRESETS | BACKEND_DEFAULTS)[preset]
+    failures = judge(outputs, states, tolerance, {})
     assert any(f.startswith("y: max abs error") for f in failures), failures
     assert any(f.startswith("y: SQNR") for f in failures), failures
     assert any(f.startswith("state y_out:") for f in failures), failures
     # transcripts or decisions that happen to agree do not rescue it
-    assert judge(outputs, states, PRESETS[preset], {"cer_vs_reference": 0.0, "decision_agreement": 1.0})
+    assert judge(outputs, states, tolerance, {"cer_vs_reference": 0.0, "decision_agreement": 1.0})
 
 
 def test_a_nan_never_passes() -> None:

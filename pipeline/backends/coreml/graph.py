@@ -24,7 +24,6 @@ from typing import Any
 from pipeline.contract import Contract
 from pipeline.errors import ToolchainError
 
-TARGETS = {"iOS16": "iOS16", "iOS17": "iOS17", "iOS18": "iOS18"}
 ROUTE_AS_CAPTURED = "ExportedProgram as captured"
 ROUTE_CORE_ATEN = "ExportedProgram lowered to core ATen (coremltools has no rule for an op as captured)"
 ROUTE_TORCHSCRIPT = "TorchScript module (the trace stage's fallback)"
@@ -134,7 +133,7 @@ def convert(
     else:
         compute = ct.transform.FP16ComputePrecision(op_selector=selector) if selector is not None else ct.precision.FLOAT16
     inputs, outputs, states = _tensor_types(contract, stateful)
-    target = getattr(ct.target, TARGETS[deployment_target])
+    target = getattr(ct.target, deployment_target)  # "iOS16" / "iOS17" / "iOS18", validated by the stage's config
     captured, is_program = load_captured(trace_dir, contract)
     spec = contract.stream
 
