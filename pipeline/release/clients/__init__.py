@@ -20,7 +20,7 @@ from pipeline.contract import Binding, Contract
 from pipeline.errors import UserError
 from pipeline.spec import CtcDecoder, DecisionDecoder, LogMelFrontend
 
-SUPPORTED_DTYPES = ("float32", "float16", "int8", "uint8", "int16")
+SUPPORTED_DTYPES = ("float32", "float16", "int8", "uint8", "int16", "uint16")  # uint16: the DSP's 16-bit activations (C++ client)
 
 
 @dataclass(frozen=True)

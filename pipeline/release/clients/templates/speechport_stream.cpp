@@ -30,6 +30,7 @@ ONNXTensorElementDataType element_type(const std::string& dtype) {
     if (dtype == "int8") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
     if (dtype == "uint8") return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
     if (dtype == "int16") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+    if (dtype == "uint16") return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
     throw std::runtime_error("unsupported dtype " + dtype);
 }
 

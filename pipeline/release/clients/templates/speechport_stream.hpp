@@ -19,7 +19,7 @@ struct TensorBinding {
     std::string name;               // the tensor's name inside the artifact
     std::vector<int64_t> shape;     // contract layout
     std::vector<int> permutation;   // artifact = contract transposed by this
-    std::string dtype;              // float32, int8, uint8, int16
+    std::string dtype;              // float32, int8, uint8, int16, uint16
     float scale;
     int zero_point;
 
@@ -55,7 +55,7 @@ struct TensorBinding {
 
     size_t element_bytes() const {
         if (dtype == "float32") return 4;
-        if (dtype == "int16") return 2;
+        if (dtype == "int16" || dtype == "uint16") return 2;
         if (dtype == "int8" || dtype == "uint8") return 1;
         throw std::runtime_error("unsupported dtype " + dtype + " for tensor " + name);
     }
@@ -75,6 +75,9 @@ struct TensorBinding {
                     std::memcpy(&bytes[k], &v, 1);
                 } else if (dtype == "uint8") {
                     bytes[k] = static_cast<uint8_t>(std::clamp(q, 0L, 255L));
+                } else if (dtype == "uint16") {  // the DSP's 16-bit activations
+                    const uint16_t v = static_cast<uint16_t>(std::clamp(q, 0L, 65535L));
+                    std::memcpy(&bytes[k * 2], &v, 2);
                 } else {
                     const int16_t v = static_cast<int16_t>(std::clamp(q, -32768L, 32767L));
                     std::memcpy(&bytes[k * 2], &v, 2);
@@ -96,6 +99,10 @@ struct TensorBinding {
                 x = scale * (static_cast<int8_t>(raw[k]) - zero_point);
             } else if (dtype == "uint8") {
                 x = scale * (static_cast<int>(raw[k]) - zero_point);
+            } else if (dtype == "uint16") {
+                uint16_t v;
+                std::memcpy(&v, raw + k * 2, 2);
+                x = scale * (static_cast<long>(v) - zero_point);
             } else {
                 int16_t v;
                 std::memcpy(&v, raw + k * 2, 2);
