@@ -47,7 +47,7 @@ class Contract(Strict):
         3,
         alias="schema",
         description="Contract format version. 2: the stream states chunk_samples and chunk_ms; probability outputs. "
-        "3: state_in_model and runtime.",
+        "3: state_in_model and runtime; quantized artifacts also carry `quantization` (their recipe).",
     )
     target: str = Field(description="Manifest target that produced the artifact.")
     model: str = Field(description="Model factory the artifact was exported from.")
@@ -69,6 +69,11 @@ class Contract(Strict):
         None,
         description="What an integration of this backend needs beyond the bindings, under the backend's name "
         "(e.g. qnn: SDK versions, SoCs, context binaries, per-tensor encodings); absent for backends with none.",
+    )
+    quantization: dict[str, Any] | None = Field(
+        None,
+        description="Quantized artifacts: the recipe (what stays at higher precision, and as what; the calibration "
+        "method; whether searched, pinned in the manifest or stock) and the search's summary; absent for float artifacts.",
     )
 
     def binding(self, name: str) -> Binding:
@@ -141,7 +146,8 @@ def identity_bindings(stream: StreamSpec) -> dict[str, Binding]:
 
 def write_contract(directory: Path, contract: Contract) -> None:
     # without metadata the field is left out, so every other backend's contract keeps its bytes
-    document = contract.model_dump(mode="json", by_alias=True, exclude={"backend_metadata"} if contract.backend_metadata is None else None)
+    absent = {name for name in ("backend_metadata", "quantization") if getattr(contract, name) is None}
+    document = contract.model_dump(mode="json", by_alias=True, exclude=absent or None)
     text = json.dumps(document, indent=2) + "\n"
     (directory / CONTRACT_FILE).write_text(text)
 

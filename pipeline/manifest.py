@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from pipeline.errors import UserError
+from pipeline.quant.options import QuantizationOptions
 from pipeline.spec import ChunkLength, StreamSpec, format_ms
 from pipeline.verify.gates import Tolerance
 
@@ -112,6 +113,9 @@ class Manifest(Strict):
         "'backend.precision' ('litert.int8'), which wins. Removing a default bound needs a reason in `waived`.",
     )
     budgets: Budgets = Field(default_factory=Budgets, description="Size and speed limits per artifact.")
+    quantization: QuantizationOptions = Field(
+        default_factory=QuantizationOptions, description="The recipe search for quantized variants: its fidelity goal and budget."
+    )
 
     @field_validator("chunk_ms")
     @classmethod

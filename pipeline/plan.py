@@ -36,6 +36,7 @@ from pipeline.verify.stage import VerifyConfig, VerifyStage
 class PlanContext:
     manifest: Manifest
     nodes: list[Node] = field(default_factory=list)
+    searched: set[str] = field(default_factory=set)  # variants whose recipe a search picks (verified against the goal)
 
     def add(self, node: Node) -> str:
         if node.id not in {n.id for n in self.nodes}:
@@ -51,6 +52,41 @@ class PlanContext:
         config = CalibrateConfig(data=data, max_samples=c.max_samples)
         return self.add(Node(f"calibrate@{chunk.label}", CalibrateStage, config, (("model", traced),)))
 
+    def held_out(self) -> tuple:
+        """The calibration section's held-out utterances, clean and as the noisy, reverberant copy."""
+        c, q = self.manifest.calibration, self.manifest.quantization
+        data = stream_data(max_seconds=q.held_out_seconds, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts)
+        if "part" not in type(data).model_fields:  # TEMPORARY until the held-out split lands
+            return (data,)
+        held = {"part": "held_out", "held_out_every": c.held_out_every}
+        return tuple(data.model_copy(update=held | {"condition": condition}) for condition in ("clean", "noisy"))
+
+    def search(self, chunk: ChunkLength, traced: str, backend_name: str, precision: str, config, inputs: tuple) -> str | None:
+        """The recipe search of one quantized variant, unless the manifest pins its recipe or turns the search off."""
+        from pipeline.quant.search import SearchConfig, SearchStage
+
+        backend, q = get_backend(backend_name), self.manifest.quantization
+        quantizer = backend.load_quantizer()
+        if not q.search or quantizer is None or self.manifest.calibration is None:
+            return None
+        if quantizer.space(precision).empty or quantizer.pinned(config):
+            return None
+        name = variant_name(backend_name, precision, chunk)
+        search = SearchConfig(
+            backend=backend_name,
+            precision=precision,
+            variant=name,
+            stage_config=config.model_dump(mode="json"),
+            default_tolerance=backend.precision(precision).tolerance,
+            goal=q.goal,
+            tolerance_override=self.manifest.tolerance_override(backend_name, precision),
+            data=self.held_out(),
+            margin=q.margin,
+            max_evaluations=q.max_evaluations,
+            max_ops=q.max_ops,
+        )
+        self.searched.add(name)
+        return self.add(Node(f"quant-search:{name}", SearchStage, search, (*inputs, ("torch", traced))))
 
     def onnx(self, suffix: str, traced: str) -> str:
         """The simplified ONNX graph, planned only for backends that lower from ONNX (Core ML converts the trace itself)."""
@@ -99,17 +135,21 @@ def plan(manifest: Manifest) -> Graph:
                 options=manifest.backend_options(backend_name),
                 add=ctx.add,
                 calibration=lambda chunk=chunk, traced=traced: ctx.calibration(chunk, traced),
+                search=lambda b, p, config, inputs, chunk=chunk, traced=traced: ctx.search(chunk, traced, b, p, config, inputs),
             )
             for precision in precisions:
                 artifact = backend.lower(lowering, precision)
                 name = variant_name(backend_name, precision, chunk)
+                override = manifest.tolerance_override(backend_name, precision)
+                if name in ctx.searched and manifest.quantization.goal is not None:  # held to the goal it was searched for
+                    override = manifest.quantization.goal.merged(override)
                 config = VerifyConfig(
                     variant=name,
                     backend=backend_name,
                     precision=precision,
                     model_precision=backend.precision(precision).numerics,
                     default_tolerance=backend.precision(precision).tolerance,
-                    tolerance_override=manifest.tolerance_override(backend_name, precision),
+                    tolerance_override=override,
                     data=data,
                 )
                 inputs = (("model", artifact), ("reference", reference), ("torch", traced))

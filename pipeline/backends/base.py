@@ -43,6 +43,9 @@ class Lowering:
     options: Any  # the backend's options from the manifest (its `options` model), or None
     add: Callable[["Node"], str]  # add a node (once per id); returns its id
     calibration: Callable[[], str]  # the shared node recording real (chunk, state) pairs at this chunk length
+    # (backend, precision, the quantize stage's config, its inputs) -> the node id of the recipe search for that variant,
+    # or None where the manifest pins the recipe, turns the search off, or the precision has nothing to search
+    search: Callable[[str, str, Any, tuple[tuple[str, str], ...]], str | None] = lambda backend, precision, config, inputs: None
 
 
 def _load(path: str) -> Any:
@@ -64,6 +67,9 @@ class Backend:
     # "module:function(artifact_dir, chunks, outputs) -> dict": figures of the backend's own, computed by verify from
     # the artifact, the streamed chunks and the variant's streamed outputs, reported under `backend_figures`; "" for none
     figures: str = ""
+    # "module:object" (a `pipeline.quant.quantizer.Quantizer`): how its quantized precisions are searched and built
+    # with a recipe; "" for a backend without one
+    quantizer: str = ""
 
     def precision(self, name: str) -> Precision:
         for precision in self.precisions:
@@ -80,6 +86,9 @@ class Backend:
 
     def open_session(self, artifact_dir: Path, threads: int = 1) -> "StreamingSession":
         return _load(self.session)(artifact_dir, threads=threads)
+
+    def load_quantizer(self) -> Any:
+        return _load(self.quantizer) if self.quantizer else None
 
     def extra_figures(self, artifact_dir: Path, chunks: list, outputs: dict) -> dict | None:
         return _load(self.figures)(artifact_dir, chunks, outputs) if self.figures else None

@@ -32,6 +32,7 @@ BOUNDS = (
     "state_one_step_max_rel",
     "state_min_sqnr_db",
     "max_cer_vs_reference",
+    "max_cer_increase",
     "min_decision_agreement",
 )
 
@@ -70,6 +71,12 @@ class Tolerance(BaseModel):
     state_min_sqnr_db: float | None = Field(None, description="Smallest SQNR of a state output over the teacher-forced calls.")
     max_cer_vs_reference: float | None = Field(
         None, ge=0, description="Largest character error rate of the transcript against the PyTorch reference's (CTC outputs)."
+    )
+    max_cer_increase: float | None = Field(
+        None,
+        ge=0,
+        description="Largest rise of the transcript's character error rate against the ground truth over the PyTorch "
+        "reference's own (CTC outputs on transcribed speech): 0.01 is 'within 1 CER point of the float model'.",
     )
     min_decision_agreement: float | None = Field(
         None,
@@ -239,4 +246,9 @@ def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Toleranc
             failures.append(f"state {name}: teacher-forced SQNR {m['sqnr_db']:.1f} dB below {t.state_min_sqnr_db} dB")
     if _fails_above(extra.get("cer_vs_reference"), t.max_cer_vs_reference):
         failures.append(f"transcript: CER against the PyTorch transcript {extra['cer_vs_reference']:.4f} exceeds {t.max_cer_vs_reference}")
+    if _fails_above(extra.get("cer_increase"), t.max_cer_increase):
+        failures.append(
+            f"transcript: CER against the truth {extra['cer']:.4f} is {extra['cer_increase']:.4f} above PyTorch's "
+            f"{extra['cer'] - extra['cer_increase']:.4f}, more than {t.max_cer_increase}"
+        )
     return failures

@@ -82,6 +82,41 @@ def teacher_forced(session, chunks: list[dict[str, np.ndarray]], reference: dict
     return result
 
 
+def closed_loop_figures(spec, stream, reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], reference_transcript: str | None, window: int) -> tuple[dict, dict, dict]:
+    """The closed-loop figures of one stream against the reference's: per non-state output (`compare`, plus the
+    decision figures of decision and probability outputs), the transcript's CER against the truth and the
+    reference's (CTC outputs), and the worst decisions. Returns (metrics per output, extra figures, record entries)."""
+    from pipeline.audio.ctc import cer, ctc_greedy
+    from pipeline.audio.stream import truth_cer
+    from pipeline.spec import DECISION_KINDS
+    from pipeline.verify.decisions import decision_figures, worst_decisions
+    from pipeline.verify.metrics import compare, per_frame
+
+    steps = len(stream.chunks)
+    metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
+    extra: dict[str, float | str] = {}
+    record: dict = {}
+    decided: dict[str, dict] = {}
+    for o in spec.outputs:
+        if o.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
+            frames = per_frame(outputs[o.name], o.time_axis)
+            transcript = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
+            truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
+            if truth is not None:  # None: no file has a transcript
+                extra["cer"] = truth
+                reference_frames = per_frame(reference[o.name], o.time_axis)
+                reference_truth = truth_cer(stream, reference_frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
+                extra["cer_increase"] = truth - reference_truth
+            if reference_transcript is not None:
+                extra["cer_vs_reference"] = cer(reference_transcript, transcript)
+            record["transcript"] = transcript
+        elif o.kind in DECISION_KINDS:
+            decided[o.name] = decision_figures(o, outputs[o.name], reference[o.name], stream.speech, steps * spec.chunk_samples)
+            metrics[o.name] |= decided[o.name]
+    extra |= worst_decisions(decided)
+    return metrics, extra, record
+
+
 def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
     path = trace_dir / MODEL_TOLERANCES_FILE
     if not path.is_file():
@@ -92,7 +127,7 @@ def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "6"
+    version = "7"
     tools = ("numpy",)
     Config = VerifyConfig
 
@@ -104,12 +139,8 @@ class VerifyStage(Stage):
 
     @classmethod
     def run(cls, config: VerifyConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
-        from pipeline.audio.ctc import cer, ctc_greedy
-        from pipeline.audio.stream import speech_stream, truth_cer
+        from pipeline.audio.stream import speech_stream
         from pipeline.backends import get_backend
-        from pipeline.spec import DECISION_KINDS
-        from pipeline.verify.decisions import decision_figures, worst_decisions
-        from pipeline.verify.metrics import compare, per_frame
 
         artifact_dir, reference_dir = inputs["model"].path, inputs["reference"].path
         contract = read_contract(artifact_dir)
@@ -125,29 +156,12 @@ class VerifyStage(Stage):
         steps = len(stream.chunks)
         rate = spec.frontend.sample_rate
         window = max(1, int(round(config.window_seconds * rate / spec.chunk_samples)))
-        metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
+        metrics, extra, record = closed_loop_figures(spec, stream, reference, outputs, summary.get("transcript"), window)
         one_step = teacher_forced(session, stream.chunks, reference, reference_dir)
         for o in spec.outputs:
             metrics[o.name]["one_step_max_abs"] = one_step[o.name]["max_abs"]
             metrics[o.name]["one_step_reference_max_abs"] = one_step[o.name]["reference_max_abs"]
         states = {s.output: one_step[s.output] for s in spec.states}
-
-        extra: dict[str, float | str] = {}
-        record: dict = {}
-        decided: dict[str, dict] = {}
-        for o in spec.outputs:
-            if o.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
-                frames = per_frame(outputs[o.name], o.time_axis)
-                transcript = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
-                truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
-                if truth is not None:  # None: no file has a transcript
-                    extra["cer"] = truth
-                extra["cer_vs_reference"] = cer(summary["transcript"], transcript)
-                record["transcript"] = transcript
-            elif o.kind in DECISION_KINDS:
-                decided[o.name] = decision_figures(o, outputs[o.name], reference[o.name], stream.speech, steps * spec.chunk_samples)
-                metrics[o.name] |= decided[o.name]
-        extra |= worst_decisions(decided)
 
         tolerance = config.default_tolerance.merged(model_tolerance(inputs["torch"].path, config.model_precision or config.precision)).merged(config.tolerance_override)
         failures = judge(metrics, states, tolerance, extra)
@@ -181,6 +195,8 @@ class VerifyStage(Stage):
             record["reference_cer"] = summary["cer"]
         if backend_figures is not None:
             record["backend_figures"] = backend_figures
+        if contract.quantization is not None:
+            record["quantization"] = contract.quantization
         (out / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n")
         timings = {
             "rtf": float(seconds.sum() / record["audio_seconds"]),

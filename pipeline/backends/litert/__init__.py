@@ -37,6 +37,9 @@ def lower(lowering: "Lowering", precision: str) -> str:
         keep_float=options.keep_float.get(precision, ()),  # type: ignore[call-overload]
         keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]
     )
+    recipe = lowering.search("litert", precision, config, inputs)
+    if recipe is not None:
+        inputs += (("recipe", recipe),)
     return lowering.add(Node(f"tflite-{precision}{suffix}", TfliteStage, config, inputs))
 
 
@@ -54,4 +57,5 @@ BACKEND = Backend(
     session="pipeline.backends.litert.session:LiteRtSession",
     options=LiteRtOptions,
     runtime_label="LiteRT interpreter (CPU, XNNPACK)",
+    quantizer="pipeline.backends.litert.recipe:QUANTIZER",
 )

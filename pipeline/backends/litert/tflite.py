@@ -62,7 +62,7 @@ class TfliteConfig(StageConfig):
 
 class TfliteStage(Stage):
     name = "tflite"
-    version = "3"
+    version = "4"
     tools = ("tensorflow", "ai-edge-litert", "onnx", "onnxruntime")
     Config = TfliteConfig
 
@@ -70,12 +70,16 @@ class TfliteStage(Stage):
     def run(cls, config: TfliteConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        from pipeline.backends.litert.recipe import QUANTIZER
+        from pipeline.quant.quantizer import with_recipe
+
         source, converted = inputs["model"].path, inputs["converted"].path
         contract = read_contract(source)
+        quantized = config.precision in QUANTIZED
+        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision) if quantized else (config, None)
         spec = contract.stream
         variant = config.variant or f"litert-{config.precision}@{format_ms(spec.chunk_ms)}ms"
         where = ctx.node_id
-        quantized = config.precision in QUANTIZED
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
         if (config.keep_float or config.keep_float_states) and config.precision != "int8":
@@ -115,6 +119,7 @@ class TfliteStage(Stage):
         ops = attribute_ops(read_ops(flatbuffer), layers | output_layers(flatbuffer, source / contract.artifact))
         listing = {
             "precision": config.precision,
+            "recipe": recipe,
             "histogram": dict(sorted(Counter(op.op for op in ops).items())),
             "custom_ops": sorted({op.op for op in ops if op.custom}),
             "ops": [{"op": op.op, "outputs": list(op.outputs), "onnx": list(op.onnx_nodes)} for op in ops],
@@ -123,7 +128,12 @@ class TfliteStage(Stage):
         check_builtin_ops(ops, allow_flex=config.allow_flex, variant=variant, where=where)
         (out / ARTIFACT).write_bytes(flatbuffer)
         bindings = tflite_bindings(Interpreter(model_path=str(out / ARTIFACT)), spec, variant)
-        write_contract(out, contract.model_copy(update={"backend": "litert", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings}))
+        write_contract(
+            out,
+            contract.model_copy(
+                update={"backend": "litert", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings, "quantization": recipe}
+            ),
+        )
         recorded_pairs = load_calibration(inputs["calibration"].path) if quantized else None
         if listing["custom_ops"]:  # allowed, but LiteRT's Python runtime has no Select-TF ops to run them with
             check = {"mode": "skipped", "reason": f"custom ops {listing['custom_ops']} cannot run here"}

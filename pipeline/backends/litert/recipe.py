@@ -1,0 +1,62 @@
+"""How the recipe search sees LiteRT: int8 files can keep a state's recurrence or single ONNX nodes float.
+
+TensorFlow's selective quantization (the quantization debugger's deny list) is the one way to keep
+ops float inside a builtin-ops int8 file; it cannot keep ops at 16 bits inside int8, and it silently
+makes int8 of an int16x8 file, so int16x8 has nothing to search. Its converter has one calibration
+method (min-max). Kept ops become float ops with (de)quantize around them, all builtin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.backends.litert.tflite import TfliteConfig, TfliteStage
+from pipeline.quant.quantizer import Quantizer, Space
+from pipeline.quant.recipe import Recipe
+
+
+class LiteRtQuantizer(Quantizer):
+    stage = TfliteStage
+    bits = {"int8": 8, "int16x8": 16}
+    kept_at = {"int8": "float32", "int16x8": "float32"}
+
+    def space(self, precision: str) -> Space:
+        return Space(states=precision == "int8", ops=precision == "int8", methods=("minmax",))
+
+    def pinned(self, config: TfliteConfig) -> bool:
+        return bool(config.keep_float or config.keep_float_states)
+
+    def recipe_of(self, config: TfliteConfig) -> Recipe:
+        return Recipe(keep_states=config.keep_float_states, keep_ops=config.keep_float, source="pin" if self.pinned(config) else "stock")
+
+    def apply(self, config: TfliteConfig, recipe: Recipe) -> TfliteConfig:
+        return config.model_copy(
+            update={
+                "keep_float_states": tuple(dict.fromkeys(config.keep_float_states + recipe.keep_states)),
+                "keep_float": tuple(dict.fromkeys(config.keep_float + recipe.keep_ops)),
+            }
+        )
+
+    def sensitivity(self, config: TfliteConfig, inputs: dict, samples: list[dict]) -> list[dict]:
+        from pipeline.contract import read_contract
+        from pipeline.quant.sensitivity import by_node, onnx_sensitivity
+
+        source = inputs["model"].path  # the legalized ONNX graph onnx2tf converted: its node names are what keep_float takes
+        return by_node(onnx_sensitivity(source / read_contract(source).artifact, samples, self.bits[config.precision]))
+
+    def covered(self, config: TfliteConfig, inputs: dict, recipe: Recipe) -> tuple[str, ...]:
+        from pipeline.contract import read_contract
+        from pipeline.onnx_graph import recurrence_nodes
+
+        source = inputs["model"].path
+        contract = read_contract(source)
+        states = recurrence_nodes(source / contract.artifact, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
+        return (*recipe.keep_ops, *states)
+
+    def session(self, artifact_dir: Path):
+        from pipeline.backends import get_backend
+
+        return get_backend("litert").open_session(artifact_dir)
+
+
+QUANTIZER = LiteRtQuantizer()

@@ -1,0 +1,74 @@
+"""What a backend tells the recipe search: what can be kept at higher precision, and how a recipe is built and run.
+
+A backend's `quantizer` names one `Quantizer`. Its quantize stage applies a recipe through `apply`
+(the stage's own hand-list fields, which is also how a manifest pins a recipe), so the search
+builds each candidate with exactly the stage that builds the shipped file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.dag import Stage, StageConfig
+from pipeline.quant.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Space:
+    states: bool  # a state's recurrence can be kept at higher precision
+    ops: bool  # single ops can
+    methods: tuple[str, ...]  # calibration methods, the stock one first
+
+    @property
+    def empty(self) -> bool:
+        return not (self.states or self.ops or len(self.methods) > 1)
+
+
+class Quantizer:
+    stage: ClassVar[type[Stage]]
+    # per searched precision: what the stock recipe quantizes to (bits of the sensitivity grid), what kept units become
+    bits: ClassVar[dict[str, int]]
+    kept_at: ClassVar[dict[str, str]]
+
+    def space(self, precision: str) -> Space:
+        raise NotImplementedError
+
+    def higher(self, precision: str) -> str:
+        return self.kept_at[precision]
+
+    def pinned(self, config: StageConfig) -> bool:
+        """The stage's config already carries a hand list (the manifest pins the recipe)."""
+        raise NotImplementedError
+
+    def apply(self, config: StageConfig, recipe: Recipe) -> StageConfig:
+        """The stage's config with the recipe's units added to its own lists."""
+        raise NotImplementedError
+
+    def sensitivity(self, config: StageConfig, inputs: dict[str, Any], samples: list[dict]) -> list[dict]:
+        """Per op, most damaged first: dicts with at least `node` (a name `apply` takes) and `sqnr_alone_db`."""
+        raise NotImplementedError
+
+    def covered(self, config: StageConfig, inputs: dict[str, Any], recipe: Recipe) -> tuple[str, ...]:
+        """The ops the recipe already keeps at higher precision (its ops, and those of its kept recurrences)."""
+        return recipe.keep_ops
+
+    def session(self, artifact_dir: Path):
+        """The runtime a candidate is streamed on."""
+        raise NotImplementedError
+
+    def recipe_of(self, config: StageConfig) -> Recipe:
+        """The recipe a config carries by itself: its hand lists (a pin), or nothing (stock)."""
+        raise NotImplementedError
+
+
+def with_recipe(quantizer: Quantizer, config: StageConfig, inputs: dict[str, Any], precision: str) -> tuple[Any, dict[str, Any]]:
+    """A quantize stage's config with the searched recipe applied (its `recipe` input), and the record the contract
+    and the report carry: the recipe, where it came from, and the search's summary."""
+    from pipeline.quant.recipe import read_recipe, recipe_record
+
+    if "recipe" in inputs:
+        recipe, search = read_recipe(inputs["recipe"].path)
+        return quantizer.apply(config, recipe), recipe_record(recipe, search, precision, quantizer.higher(precision))
+    return config, recipe_record(quantizer.recipe_of(config), {}, precision, quantizer.kept_at.get(precision, ""))
