@@ -68,7 +68,12 @@ def with_recipe(quantizer: Quantizer, config: StageConfig, inputs: dict[str, Any
     and the report carry: the recipe, where it came from, and the search's summary."""
     from pipeline.quant.recipe import read_recipe, recipe_record
 
+    search: dict[str, Any] = {}
     if "recipe" in inputs:
         recipe, search = read_recipe(inputs["recipe"].path)
-        return quantizer.apply(config, recipe), recipe_record(recipe, search, precision, quantizer.higher(precision))
-    return config, recipe_record(quantizer.recipe_of(config), {}, precision, quantizer.kept_at.get(precision, ""))
+        config = quantizer.apply(config, recipe)
+    recipe = quantizer.recipe_of(config).model_copy(update={"source": "search"}) if search else quantizer.recipe_of(config)
+    record = recipe_record(recipe, search, precision, quantizer.kept_at.get(precision, ""))
+    # every op the recipe keeps, its kept recurrences' included (found by structure)
+    record["covered"] = list(quantizer.covered(config, {k: v for k, v in inputs.items() if k != "recipe"}, recipe))
+    return config, record

@@ -4,7 +4,7 @@
       README.md            how to use this bundle (generated from the report and contracts)
       MODEL_CARD.md        the model's card from models/, when it has one
       provenance.json      manifest, stage keys, tool versions, git commit and dirty flag
-      report/              report.json, report.md, drift.png of the verification
+      report/              report.json, report.md, drift.png, sensitivity.png of the verification
       <variant>/           the artifact, contract.json, golden/, client/ (generated from the contract)
       SHA256SUMS           every other file
 
@@ -26,7 +26,7 @@ from pipeline.errors import VerificationFailed
 from pipeline.release.archive import write_archive, write_sums
 
 _SKIP = {"key.json", "artifact.json", "run.json", "timings.json", ".speechport-output"}
-REPORT_FILES = ("report.json", "report.md", "drift.png")
+REPORT_FILES = ("report.json", "report.md", "drift.png", "sensitivity.png")
 
 
 @dataclass(frozen=True)

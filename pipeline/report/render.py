@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.report.quantization import quantization_lines
 from pipeline.verify.gates import fraction_of_range
 
 
@@ -49,6 +50,7 @@ def render_markdown(report: dict) -> str:
         lines += speed_lines([v for v in verified if v.get("device_latency", True)], [v for v in verified if not v.get("device_latency", True)])
     lines += decision_lines(verified)
     lines += backend_figure_lines(verified)
+    lines += quantization_lines(verified)
     failures = [(v["name"], f) for v in report["variants"] for f in v["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- `{name}`: {failure}" for name, failure in failures]

@@ -25,10 +25,11 @@ from pydantic import Field
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.manifest import Budgets
+from pipeline.report.quantization import plot_sensitivity
 from pipeline.report.render import plot_drift, render_markdown
 from pipeline.spec import ChunkLength, Strict
 
-REPORT_JSON, REPORT_MD, DRIFT_PNG = "report.json", "report.md", "drift.png"
+REPORT_JSON, REPORT_MD, DRIFT_PNG, SENSITIVITY_PNG = "report.json", "report.md", "drift.png", "sensitivity.png"
 RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify writes
 
 
@@ -60,7 +61,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "7"
+    version = "8"
     tools = ("matplotlib",)
     Config = ReportConfig
 
@@ -108,3 +109,4 @@ class ReportStage(Stage):
         (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
         (out / REPORT_MD).write_text(render_markdown(report))
         plot_drift(report, out / DRIFT_PNG)
+        plot_sensitivity(report, out / SENSITIVITY_PNG)
