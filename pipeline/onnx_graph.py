@@ -182,3 +182,35 @@ def recurrence_nodes(onnx_path: Path, spec: StreamSpec, state_inputs: tuple[str,
     return tuple(chosen)
 
 
+
+
+# ops whose output compresses its input's range: a spectrum's log (or its root) ends the front end
+_COMPRESSING_OPS = {"Log", "Sqrt", "Pow"}
+
+
+def frontend_nodes(onnx_path: Path, inputs: tuple[str, ...], variant: str, where: str, *, include_log: bool = True) -> tuple[str, ...]:
+    """ONNX nodes of a model's own front end, found by graph structure: every node on a path from a chunk input (raw
+    PCM) to a range-compressing op (the log of a spectrum), that op included unless `include_log` is off. Raw audio and
+    a power spectrum span a range no 8-bit grid holds; after the log, they quantize like any feature."""
+    import onnx
+
+    nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
+    chosen: dict[str, None] = {}
+    for name in inputs:
+        reaches_from = {name}
+        for node in nodes:  # topological order
+            if reaches_from.intersection(node.input):
+                reaches_from.update(node.output)
+        logs = [n for n in nodes if n.op_type in _COMPRESSING_OPS and reaches_from.intersection(n.input)]
+        if not logs:
+            raise UserError(f"{variant}: no log or root of a spectrum follows input {name!r}: it has no front end to keep apart", where=where)
+        # stop at the first compression on each path: what lies beyond the first log is the model, not its front end
+        first = {o for n in logs for o in n.input}
+        reaches_to = set(first)
+        for node in reversed(nodes):
+            if reaches_to.intersection(node.output):
+                reaches_to.update(i for i in node.input if i)
+        on_path = [n for n in nodes if reaches_from.intersection(n.input) and reaches_to.intersection(n.output)]
+        earliest = [n for n in logs if not reaches_to.intersection(n.output)]
+        chosen.update(dict.fromkeys(n.name for n in on_path + (earliest if include_log else [])))
+    return tuple(chosen)

@@ -20,10 +20,11 @@ class Space:
     states: bool  # a state's recurrence can be kept at higher precision
     ops: bool  # single ops can
     methods: tuple[str, ...]  # calibration methods, the stock one first
+    frontends: bool = False  # a chunk input's front end (its path to the spectrum's log) can
 
     @property
     def empty(self) -> bool:
-        return not (self.states or self.ops or len(self.methods) > 1)
+        return not (self.states or self.ops or self.frontends or len(self.methods) > 1)
 
 
 class Quantizer:

@@ -24,13 +24,16 @@ class Recipe(Strict):
     keep_states: tuple[str, ...] = Field(
         (), description="State inputs whose recurrence (paths to the paired output, and their readers) stays at the higher precision."
     )
+    keep_frontends: tuple[str, ...] = Field(
+        (), description="Chunk inputs (raw PCM) whose front end (every op on a path to the spectrum's log) stays at the higher precision."
+    )
     keep_ops: tuple[str, ...] = Field((), description="Ops (backend names) kept at the higher precision.")
     calibration: str = Field("minmax", description="How activation ranges are measured on the recorded trajectories.")
     source: Literal["stock", "search", "pin"] = Field("stock", description="Where the recipe came from.")
 
     @property
     def islands(self) -> tuple[str, ...]:
-        return tuple(f"state {s}" for s in self.keep_states) + tuple(f"op {o}" for o in self.keep_ops)
+        return tuple(f"state {s}" for s in self.keep_states) + tuple(f"frontend {f}" for f in self.keep_frontends) + tuple(f"op {o}" for o in self.keep_ops)
 
     def describe(self) -> str:
         kept = ", ".join(self.islands) or "nothing"
@@ -39,15 +42,18 @@ class Recipe(Strict):
     def with_unit(self, unit: "Unit") -> "Recipe":
         if unit.kind == "state":
             return self.model_copy(update={"keep_states": (*self.keep_states, unit.name)})
+        if unit.kind == "frontend":
+            return self.model_copy(update={"keep_frontends": (*self.keep_frontends, unit.name)})
         if unit.kind == "op":
             return self.model_copy(update={"keep_ops": (*self.keep_ops, unit.name)})
         return self.model_copy(update={"calibration": unit.name})
 
 
 class Unit(Strict):
-    """One step the search can take: keep a state's recurrence or one op at higher precision, or change the calibration."""
+    """One step the search can take: keep a state's recurrence, an input's front end or one op at higher precision, or
+    change the calibration."""
 
-    kind: Literal["state", "op", "calibration"]
+    kind: Literal["state", "frontend", "op", "calibration"]
     name: str
 
     @property

@@ -219,7 +219,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
         effects.setdefault(unit.label, {"score": result.score, "gain": current.score - result.score, "passed": result.passed, "size_bytes": result.size_bytes})
         return result
 
-    # states first, each kept if it helps: a recurrence is one structural unit, and its ops alone mean nothing
+    # structural units first (state recurrences, then front ends), each kept if it helps: its ops alone mean nothing
     for unit in states:
         if current.passed or s.exhausted:
             break
@@ -300,6 +300,7 @@ class SearchStage(Stage):
         sensitivity = quantizer.sensitivity(stage_config, inputs, samples) if space.ops else []
         sensitivity_seconds = time.perf_counter() - started
         states = [Unit(kind="state", name=s.input) for s in spec.states] if space.states else []
+        states += [Unit(kind="frontend", name=i.name) for i in spec.inputs] if space.frontends else []
         ranked_ops = [f["node"] for f in sensitivity]
 
         scratch = Path(tempfile.mkdtemp(prefix="speechport-search-"))

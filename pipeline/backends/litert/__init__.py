@@ -36,6 +36,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         allow_flex=options.allow_flex_ops,
         keep_float=options.keep_float.get(precision, ()),  # type: ignore[call-overload]
         keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]
+        keep_float_frontends=options.keep_float_frontends.get(precision, ()),  # type: ignore[call-overload]
     )
     recipe = lowering.search("litert", precision, config, inputs)
     if recipe is not None:

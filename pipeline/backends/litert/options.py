@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LiteRtOptions(BaseModel):
+    """The keep_float lists pin an int8 recipe by hand: with any of them set for int8, its recipe is not searched."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow_flex_ops: bool = Field(
@@ -19,6 +21,11 @@ class LiteRtOptions(BaseModel):
         default_factory=dict,
         description="int8 only: state inputs (e.g. c_in) whose recurrence stays float: every op on a path from the "
         "state input to its state output, and every op reading such a value. Holds for any chunk length, unlike node names.",
+    )
+    keep_float_frontends: dict[Literal["int8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="int8 only: chunk inputs (raw PCM) whose front end stays float: every op on a path from the input "
+        "to the spectrum's log, the log included (found by structure).",
     )
     keep_float: dict[Literal["int8"], tuple[str, ...]] = Field(
         default_factory=dict,

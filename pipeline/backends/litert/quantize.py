@@ -33,6 +33,9 @@ class QuantizeRequest(BaseModel):
     precision: Literal["int8", "int16x8"] = Field(description="Activation precision (weights are int8 in both).")
     allow_flex: bool = Field(description="Accept Select-TF ops.")
     keep_float: tuple[str, ...] = Field(description="ONNX node names (or TFLite tensor names) whose ops stay float.")
+    keep_float_found: tuple[str, ...] = Field(
+        (), description="ONNX nodes found by structure (a recurrence, a front end) whose ops stay float; a node onnx2tf folded away is skipped."
+    )
     layers: dict[str, str] = Field(description="Keras layer -> ONNX node, from onnx2tf's log.")
     graph_outputs: dict[str, str] = Field(description="ONNX output (and producing node) name -> signature key.")
     variant: str = Field(description="Variant name, for messages.")
@@ -120,7 +123,7 @@ def _quantize(request: QuantizeRequest) -> bytes:
 
     samples = dict(np.load(request.samples))
     count = len(next(iter(samples.values())))
-    precision, keep_float = request.precision, request.keep_float
+    precision, keep_float = request.precision, request.keep_float + request.keep_float_found
 
     def representative():
         for k in range(count):
@@ -143,7 +146,7 @@ def _quantize(request: QuantizeRequest) -> bytes:
             return converter(True).convert()
         # selective quantization: the quantization debugger's deny list (op output tensors of this very
         # conversion's float model) leaves those ops float, with (de)quantize ops around them
-        deny = _keep_float_tensors(keep_float, converter(False).convert(), request.layers, request.graph_outputs)
+        deny = _keep_float_tensors(request.keep_float, request.keep_float_found, converter(False).convert(), request.layers, request.graph_outputs)
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(deny))
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(True), debug_dataset=representative, debug_options=options)
         return debugger.get_nondebug_quantized_model()
@@ -155,9 +158,12 @@ def _quantize(request: QuantizeRequest) -> bytes:
         raise _Failure("toolchain", f"quantizing to {precision} failed: {type(exc).__name__}: {message}", op=op.group(1).upper() if op else None) from None
 
 
-def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers: dict[str, str], graph_outputs: dict[str, str]) -> tuple[str, ...]:
+def _keep_float_tensors(
+    names: tuple[str, ...], found: tuple[str, ...], float_flatbuffer: bytes, layers: dict[str, str], graph_outputs: dict[str, str]
+) -> tuple[str, ...]:
     """keep_float entries (ONNX node, ONNX output or TFLite tensor names, or shell-style patterns of them such as
-    `node_Conv_*`, since exporters number nodes by graph size) -> output tensors of the float model's ops."""
+    `node_Conv_*`, since exporters number nodes by graph size) -> output tensors of the float model's ops. `found`
+    entries come from the graph's structure: one onnx2tf folded into another op (a reshape) has no op of its own."""
     from fnmatch import fnmatchcase
 
     from ai_edge_litert.interpreter import Interpreter
@@ -166,7 +172,7 @@ def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers:
     signature = next(iter(Interpreter(model_content=float_flatbuffer)._get_full_signature_list().values()))["outputs"]
     tensor_names = {d["index"]: d["name"] for d in Interpreter(model_content=float_flatbuffer).get_output_details()}
     tensors: list[str] = []
-    for name in names:
+    for name in (*names, *found):
         hits = [
             o
             for op in ops
@@ -175,6 +181,8 @@ def _keep_float_tensors(names: tuple[str, ...], float_flatbuffer: bytes, layers:
         ]
         if not hits:  # graph outputs are named by the signature, not after a layer
             hits = [tensor_names[signature[key]] for output, key in graph_outputs.items() if fnmatchcase(output, name)]
+        if not hits and name in found:
+            continue
         if not hits:
             known = sorted({n.rsplit(" (", 1)[0] for op in ops for n in op.onnx_nodes})
             raise _Failure(

@@ -21,18 +21,24 @@ class LiteRtQuantizer(Quantizer):
     kept_at = {"int8": "float32", "int16x8": "float32"}
 
     def space(self, precision: str) -> Space:
-        return Space(states=precision == "int8", ops=precision == "int8", methods=("minmax",))
+        return Space(states=precision == "int8", ops=precision == "int8", frontends=precision == "int8", methods=("minmax",))
 
     def pinned(self, config: TfliteConfig) -> bool:
-        return bool(config.keep_float or config.keep_float_states)
+        return bool(config.keep_float or config.keep_float_states or config.keep_float_frontends)
 
     def recipe_of(self, config: TfliteConfig) -> Recipe:
-        return Recipe(keep_states=config.keep_float_states, keep_ops=config.keep_float, source="pin" if self.pinned(config) else "stock")
+        return Recipe(
+            keep_states=config.keep_float_states,
+            keep_frontends=config.keep_float_frontends,
+            keep_ops=config.keep_float,
+            source="pin" if self.pinned(config) else "stock",
+        )
 
     def apply(self, config: TfliteConfig, recipe: Recipe) -> TfliteConfig:
         return config.model_copy(
             update={
                 "keep_float_states": tuple(dict.fromkeys(config.keep_float_states + recipe.keep_states)),
+                "keep_float_frontends": tuple(dict.fromkeys(config.keep_float_frontends + recipe.keep_frontends)),
                 "keep_float": tuple(dict.fromkeys(config.keep_float + recipe.keep_ops)),
             }
         )
@@ -46,12 +52,14 @@ class LiteRtQuantizer(Quantizer):
 
     def covered(self, config: TfliteConfig, inputs: dict, recipe: Recipe) -> tuple[str, ...]:
         from pipeline.contract import read_contract
-        from pipeline.onnx_graph import recurrence_nodes
+        from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
 
         source = inputs["model"].path
         contract = read_contract(source)
-        states = recurrence_nodes(source / contract.artifact, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
-        return (*recipe.keep_ops, *states)
+        graph = source / contract.artifact
+        states = recurrence_nodes(graph, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
+        frontends = frontend_nodes(graph, recipe.keep_frontends, "search", "quant-search") if recipe.keep_frontends else ()
+        return tuple(dict.fromkeys((*recipe.keep_ops, *states, *frontends)))
 
     def session(self, artifact_dir: Path):
         from pipeline.backends import get_backend

@@ -31,7 +31,7 @@ from pipeline.cache import Artifact
 from pipeline.contract import read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError, UserError
-from pipeline.onnx_graph import recurrence_nodes
+from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
 from pipeline.spec import format_ms
 from pipeline.verify.records import load_calibration
 
@@ -55,6 +55,9 @@ class TfliteConfig(StageConfig):
     )
     keep_float: tuple[str, ...] = Field(
         (), description="int8 only: ONNX node names (or TFLite tensor names) whose ops stay float (selective quantization)."
+    )
+    keep_float_frontends: tuple[str, ...] = Field(
+        (), description="int8 only: chunk inputs (raw PCM) whose front end (every op on a path to the spectrum's log, the log included) stays float."
     )
     check_steps: int = Field(64, gt=0, description="Calls compared against onnxruntime to check the I/O binding.")
     timeout_seconds: int = Field(1800, gt=0, description="Longest one quantizer run may take.")
@@ -82,7 +85,7 @@ class TfliteStage(Stage):
         where = ctx.node_id
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
-        if (config.keep_float or config.keep_float_states) and config.precision != "int8":
+        if (config.keep_float or config.keep_float_states or config.keep_float_frontends) and config.precision != "int8":
             # measured: the quantization debugger's selective model has int8 activations whatever the ops set
             raise UserError(f"{variant}: keep_float applies to int8 only (selective quantization cannot make int16x8)", where=where)
 
@@ -94,7 +97,9 @@ class TfliteStage(Stage):
             float_bindings = tflite_bindings(Interpreter(model_path=str(converted_float(converted, "fp32"))), spec, variant)
             recorded = load_calibration(inputs["calibration"].path)
             samples = calibration_samples(recorded, spec, float_bindings, config.calibration_samples)
-            keep = config.keep_float + recurrence_nodes(source / contract.artifact, spec, config.keep_float_states, variant, where)
+            found = recurrence_nodes(source / contract.artifact, spec, config.keep_float_states, variant, where) if config.keep_float_states else ()
+            if config.keep_float_frontends:
+                found += frontend_nodes(source / contract.artifact, config.keep_float_frontends, variant, where)
             workdir = Path(tempfile.mkdtemp(prefix="speechport-quantize-"))
             try:
                 request = QuantizeRequest(
@@ -102,7 +107,8 @@ class TfliteStage(Stage):
                     samples=workdir / "samples.npz",
                     precision=config.precision,  # type: ignore[arg-type]
                     allow_flex=config.allow_flex,
-                    keep_float=tuple(dict.fromkeys(keep)),
+                    keep_float=tuple(dict.fromkeys(config.keep_float)),
+                    keep_float_found=tuple(dict.fromkeys(found)),
                     layers=layers,
                     graph_outputs=graph_outputs(source / contract.artifact),
                     variant=variant,
