@@ -110,38 +110,38 @@ def input_problem(state: StateSpec, need: tuple[float, float], entry: Encoded) -
 def guard(
     states: tuple[StateSpec, ...],
     ranges: dict[str, dict] | None,
-    outputs: dict[str, Encoded],
+    outputs: dict[str, list[Encoded]],
     entries: dict[str, list[Encoded]],
     out: Path,
     *,
     variant: str,
     where: str,
     fix: Callable[[list[str]], str],
-    sampled: bool = True,
 ) -> dict:
     """Check every state pair, write `guard.json` (keyed by state output) and fail naming each short tensor.
 
-    `outputs`: state output name -> the tensor whose encoding the output carries; `entries`: state input
+    `outputs`: state output name -> the tensors whose encodings it carries (several where it concatenates
+    quantized parts, which a quantizer gives one shared range), or one float `Encoded`; `entries`: state input
     name -> the first quantized tensors reading it (none: it stays float); `ranges`: the calibrate stage's
-    recorded ranges, None where the artifact was built without (a float-activation variant); `fix` gives the
-    backend's remedy for the short state inputs; `sampled`: the
-    quantizer calibrated on samples of the stream, so `SAMPLED_SLACK` of the range is allowed."""
+    recorded ranges, None where the artifact was built without (a float-activation variant); `fix`: the
+    backend's remedy for the short state inputs. The quantizers calibrate on samples of the stream, so
+    `SAMPLED_SLACK` of the range is allowed."""
     record, problems, short = {}, [], []
     for s in states:
         need = None if ranges is None else (float(ranges[s.input]["min"]), float(ranges[s.input]["max"]))
-        slack = SAMPLED_SLACK * (need[1] - need[0]) if need is not None and sampled else 0.0
-        output = outputs[s.output]
-        entry = entries.get(s.input, [])
+        slack = SAMPLED_SLACK * (need[1] - need[0]) if need is not None else 0.0
+        parts, entry = outputs[s.output], entries.get(s.input, [])
+        failing = [p for p in parts if need is not None and not covers(p.quantization, *need, slack)]
+        shown = (failing or [p for p in parts if p.quantization is not None] or parts)[0]
         sides = {
-            "output": side_record(output, need, slack),
+            "output": [side_record(p, need, slack) for p in parts],
             "input": [side_record(e, need, slack) for e in entry] or [side_record(Encoded(s.input, None), need, slack)],
         }
-        record[s.output] = pair_record(s, need, output.quantization) | {"slack": slack} | sides
-        record[s.output]["covered"] = sides["output"]["covered"] and all(e["covered"] for e in sides["input"])
+        record[s.output] = pair_record(s, need, shown.quantization) | {"slack": slack} | sides
+        record[s.output]["covered"] = all(side["covered"] for side in (*sides["output"], *sides["input"]))
         if need is None:
             continue
-        if not covers(output.quantization, *need, slack):
-            problems.append(output_problem(s, need, output))
+        problems += [output_problem(s, need, p) for p in failing]
         problems += [input_problem(s, need, e) for e in entry if not covers(e.quantization, *need, slack)]
         if not record[s.output]["covered"]:
             short.append(s.input)

@@ -252,11 +252,11 @@ def test_state_range_guard_passes_the_default_model(tiny_target: dict, precision
     guard = json.loads((artifact / "guard.json").read_text())
     assert set(guard) == {"h_out", "c_out"}, guard
     for output, record in guard.items():
-        assert record["covered"] and not record["output"]["float"], record
-        assert record["output"]["dtype"] == {"int8": "int8", "int16x8": "int16"}[precision]
+        assert record["covered"] and not record["output"][0]["float"], record
+        assert record["output"][0]["dtype"] == {"int8": "int8", "int16x8": "int16"}[precision]
         assert record["state_input_range"] == [ranges[record["feeds"]]["min"], ranges[record["feeds"]]["max"]]
         if precision == "int16x8":  # symmetric
-            assert record["output"]["zero_point"] == 0 and all(e["zero_point"] == 0 for e in record["input"])
+            assert record["output"][0]["zero_point"] == 0 and all(e["zero_point"] == 0 for e in record["input"])
         assert [e["float"] for e in record["input"]] == [False]
 
 
@@ -298,5 +298,5 @@ def test_state_range_guard_fails_a_state_whose_encoding_cannot_hold_its_input_an
     config = TfliteConfig(precision="int8", variant="litert-int8@20ms", keep_float_states=("c_in",))
     TfliteStage.run(config, inputs, fixed, dag.StageContext("tflite-int8@20ms"))
     guard = json.loads((fixed / "guard.json").read_text())
-    assert guard["c_out"]["covered"] and guard["c_out"]["output"]["float"] and guard["c_out"]["input"][0]["float"], guard
-    assert not guard["h_out"]["output"]["float"], guard
+    assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"] and guard["c_out"]["input"][0]["float"], guard
+    assert not guard["h_out"]["output"][0]["float"], guard

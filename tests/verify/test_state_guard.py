@@ -29,7 +29,7 @@ def test_representable_ranges_of_each_integer_type() -> None:
 
 
 def test_a_state_output_clamped_at_zero_fails_naming_tensor_ranges_and_fix(tmp_path: Path) -> None:
-    outputs = {"s_out": Encoded("model/relu_in;s_out", RELU_RANGE)}
+    outputs = {"s_out": [Encoded("model/relu_in;s_out", RELU_RANGE)]}
     entries = {"s_in": [Encoded("s_in_quantized", SYMMETRIC)]}
     with pytest.raises(UserError) as caught:
         guard(STATES, RANGES, outputs, entries, tmp_path, variant="litert-int8@20ms", where="tflite-int8@20ms", fix=lambda s: f"keep {s} float")
@@ -37,16 +37,16 @@ def test_a_state_output_clamped_at_zero_fails_naming_tensor_ranges_and_fix(tmp_p
     for part in ("tflite-int8@20ms", "litert-int8@20ms", "state output 's_out' (tensor 'model/relu_in;s_out')", "[0, 4]", "feeds back as 's_in'", "[-3, 3]", "keep ['s_in'] float"):
         assert part in message, message
     record = json.loads((tmp_path / GUARD_FILE).read_text())["s_out"]
-    assert not record["covered"] and not record["output"]["covered"] and record["input"][0]["covered"]
-    assert record["state_input_range"] == [-3.0, 3.0] and record["output"]["tensor"] == "model/relu_in;s_out"
+    assert not record["covered"] and not record["output"][0]["covered"] and record["input"][0]["covered"]
+    assert record["state_input_range"] == [-3.0, 3.0] and record["output"][0]["tensor"] == "model/relu_in;s_out"
 
 
 def test_a_state_input_clipped_on_entry_fails_and_float_states_pass(tmp_path: Path) -> None:
     entries = {"s_in": [Encoded("s_in_quantized", RELU_RANGE)]}
     with pytest.raises(UserError, match="state input 's_in' is quantized on entry \\(tensor 's_in_quantized'\\)"):
-        guard(STATES, RANGES, {"s_out": Encoded("s_out", None)}, entries, tmp_path, variant="v", where="w", fix=lambda s: "fix")
-    record = guard(STATES, RANGES, {"s_out": Encoded("s_out", None)}, {}, tmp_path, variant="v", where="w", fix=lambda s: "fix")
-    assert record["s_out"]["covered"] and record["s_out"]["output"]["float"] and record["s_out"]["input"][0]["float"]
+        guard(STATES, RANGES, {"s_out": [Encoded("s_out", None)]}, entries, tmp_path, variant="v", where="w", fix=lambda s: "fix")
+    record = guard(STATES, RANGES, {"s_out": [Encoded("s_out", None)]}, {}, tmp_path, variant="v", where="w", fix=lambda s: "fix")
+    assert record["s_out"]["covered"] and record["s_out"]["output"][0]["float"] and record["s_out"]["input"][0]["float"]
     assert record["s_out"]["representable"] is None
-    unranged = guard(STATES, None, {"s_out": Encoded("s_out", None)}, {}, tmp_path, variant="v", where="w", fix=lambda s: "fix")
+    unranged = guard(STATES, None, {"s_out": [Encoded("s_out", None)]}, {}, tmp_path, variant="v", where="w", fix=lambda s: "fix")
     assert unranged["s_out"]["state_input_range"] is None and json.loads((tmp_path / GUARD_FILE).read_text()) == unranged

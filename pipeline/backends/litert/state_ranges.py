@@ -34,7 +34,7 @@ def _encoding(graph, index: int, types: dict[int, str], variant: str) -> Quantiz
     return Quantization(scale=float(scales[0]), zero_point=int(zero_points[0]), dtype=dtype)  # type: ignore[arg-type]
 
 
-def state_encodings(tflite: bytes, spec: StreamSpec, bindings: dict[str, Binding], variant: str) -> tuple[dict[str, Encoded], dict[str, list[Encoded]]]:
+def state_encodings(tflite: bytes, spec: StreamSpec, bindings: dict[str, Binding], variant: str) -> tuple[dict[str, list[Encoded]], dict[str, list[Encoded]]]:
     """(state output -> the tensor its value is dequantized from, state input -> the QUANTIZEs reading it)."""
     from ai_edge_litert import schema_py_generated as schema
 
@@ -64,7 +64,7 @@ def state_encodings(tflite: bytes, spec: StreamSpec, bindings: dict[str, Binding
             op, index = producers[index], int(producers[index].inputs[0])
             if kind(op) == "DEQUANTIZE":
                 break
-        outputs[s.output] = Encoded(named(index), _encoding(graph, index, types, variant))
+        outputs[s.output] = [Encoded(named(index), _encoding(graph, index, types, variant))]
 
     entries = {}
     for s in spec.states:
