@@ -34,7 +34,8 @@ def test_a_state_output_clamped_at_zero_fails_naming_tensor_ranges_and_fix(tmp_p
     with pytest.raises(UserError) as caught:
         guard(STATES, RANGES, outputs, entries, tmp_path, variant="litert-int8@20ms", where="tflite-int8@20ms", fix=lambda s: f"keep {s} float")
     message = str(caught.value)
-    for part in ("tflite-int8@20ms", "litert-int8@20ms", "state output 's_out' (tensor 'model/relu_in;s_out')", "[0, 4]", "feeds back as 's_in'", "[-3, 3]", "keep ['s_in'] float"):
+    expected = ("tflite-int8@20ms", "litert-int8@20ms", "state output 's_out' (tensor 'model/relu_in;s_out')", "[0, 4]", "feeds back as 's_in'")
+    for part in (*expected, "[-3, 3]", "keep ['s_in'] float"):
         assert part in message, message
     record = json.loads((tmp_path / GUARD_FILE).read_text())["s_out"]
     assert not record["covered"] and not record["output"][0]["covered"] and record["input"][0]["covered"]

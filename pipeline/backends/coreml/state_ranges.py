@@ -30,7 +30,8 @@ def _encoding(op: Any, variant: str) -> Quantization:
     zero_point = np.zeros(1) if op.zero_point is None else np.asarray(op.zero_point.val)
     if scale.size != 1:
         # states are activations, quantized per tensor; per-axis scales belong to weights
-        raise InternalError(f"{variant}: {op.op_type} {op.name!r} on a state has {scale.size} scales (axis {op.axis.val if op.axis is not None else None}); the guard expects one")
+        axis = op.axis.val if op.axis is not None else None
+        raise InternalError(f"{variant}: {op.op_type} {op.name!r} on a state has {scale.size} scales (axis {axis}); the state-range guard expects one")
     return Quantization(scale=float(scale.reshape(-1)[0]), zero_point=int(zero_point.reshape(-1)[0]), dtype=np_dtype(integer).name)
 
 

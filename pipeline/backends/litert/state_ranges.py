@@ -24,7 +24,8 @@ def _encoding(graph, index: int, types: dict[int, str], variant: str) -> Quantiz
     if dtype is None:
         return None
     q = tensor.quantization
-    scales, zero_points = list(q.scale if q is not None and q.scale is not None else []), list(q.zeroPoint if q is not None and q.zeroPoint is not None else [0])
+    scales = list(q.scale) if q is not None and q.scale is not None else []
+    zero_points = list(q.zeroPoint) if q is not None and q.zeroPoint is not None else [0]
     if len(scales) != 1:
         # states are activations, quantized per tensor; per-axis scales (quantizedDimension) belong to weights
         raise InternalError(
