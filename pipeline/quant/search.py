@@ -134,7 +134,8 @@ class _Search:
 
     @property
     def exhausted(self) -> bool:
-        return len(self.evaluations) >= self.config.max_evaluations
+        """Only candidates that were built and streamed count against the budget."""
+        return sum(1 for e in self.evaluations if math.isfinite(e.score)) >= self.config.max_evaluations
 
     def evaluate(self, recipe: Recipe, label: str) -> Evaluation:
         from pipeline.verify.stage import closed_loop_figures
@@ -148,6 +149,13 @@ class _Search:
         sub = StageContext(node_id=f"{self.ctx.node_id} [{label}]", log=lambda message: None)
         try:
             self.quantizer.stage.run(stage_config, {k: v for k, v in self.inputs.items() if k not in ("torch", "recipe")}, out, sub)
+        except UserError as exc:  # this recipe cannot be built (a state the guard fails, a unit with nothing to keep)
+            shutil.rmtree(out, ignore_errors=True)
+            failed = Evaluation(recipe, False, [f"cannot be built: {exc.message}"], math.inf, {}, 0, time.perf_counter() - started, label)
+            self.evaluations.append(failed)
+            self.seen[key] = failed
+            self.ctx.log(f"{self.config.variant}: [{len(self.evaluations)}] {label}: cannot be built: {exc.message}")
+            return failed
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -210,11 +218,9 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
     effects: dict[str, dict] = {}
 
     def attempt(unit: Unit, label: str) -> Evaluation | None:
-        try:
-            result = s.evaluate(current.recipe.with_unit(unit), label)
-        except UserError as exc:  # e.g. a state whose path to its output no element-wise op carries (h through a matmul)
-            effects[unit.label] = {"not_applicable": exc.message}
-            s.ctx.log(f"{s.config.variant}: {unit.label} cannot be kept apart: {exc.message}")
+        result = s.evaluate(current.recipe.with_unit(unit), label)
+        if not math.isfinite(result.score):  # e.g. a state whose path to its output no element-wise op carries (h through a matmul)
+            effects.setdefault(unit.label, {"not_applicable": result.failures[0]})
             return None
         effects.setdefault(unit.label, {"score": result.score, "gain": current.score - result.score, "passed": result.passed, "size_bytes": result.size_bytes})
         return result

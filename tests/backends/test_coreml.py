@@ -280,3 +280,47 @@ def test_the_same_inputs_give_the_same_package_bytes(tiny_target: dict, tmp_path
     # and Core ML's loader still finds the model the manifest names
     assert read_contract(tmp_path / "a").artifact == "model.mlpackage"
     get_backend("coreml").open_session(tmp_path / "a")
+
+
+def test_state_range_guard_passes_the_default_model(tiny_target: dict) -> None:
+    """w8a8: c_out comes out of an int8 quantize/dequantize pair (through its concat), h_out from an op left in fp16
+    (it is read inside the model), h_in enters int8 at a quantize; int8w quantizes no activation."""
+    built = tiny_target["built"]
+    ranges = json.loads((built["calibrate@20ms"].path / "ranges.json").read_text())["ranges"]
+    guard = json.loads((built["coreml-w8a8@20ms"].path / "guard.json").read_text())
+    assert set(guard) == {"h_out", "c_out"} and all(record["covered"] for record in guard.values()), guard
+    assert [p["dtype"] for p in guard["c_out"]["output"]] == ["int8"] and guard["h_out"]["output"][0]["float"], guard
+    assert [e["float"] for e in guard["h_out"]["input"]] == [False], guard
+    assert guard["c_out"]["state_input_range"] == [ranges["c_in"]["min"], ranges["c_in"]["max"]]
+    weights_only = json.loads((built["coreml-int8w@20ms"].path / "guard.json").read_text())
+    for record in weights_only.values():
+        assert record["covered"] and record["state_input_range"] is None and record["output"][0]["float"] and record["input"][0]["float"], record
+
+
+def test_state_range_guard_fails_a_state_whose_encoding_cannot_hold_its_input_and_keep_float_states_fixes_it(
+    tiny_target: dict, tmp_path: Path
+) -> None:
+    """c_in's recorded range widened threefold, its calibration samples unchanged: c_out's int8 pair cannot hold it."""
+    from pipeline.errors import UserError
+    from tests.backends.test_litert import widened_calibration
+
+    built = tiny_target["built"]
+    inputs = {"model": built["trace@20ms"], "calibration": widened_calibration(built, tmp_path, "c_in", 3.0)}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UserError) as caught:
+        CoreMlStage.run(CoreMlConfig(precision="w8a8", variant="coreml-w8a8@20ms"), inputs, out, dag.StageContext("coreml-w8a8@20ms"))
+    message = str(caught.value)
+    expected = ("coreml-w8a8@20ms", "state output 'c_out' (tensor 'quantize", "(int8, scale", "feeds back as 'c_in'")
+    for part in (*expected, "coreml.keep_float_states: {w8a8: ['c_in']}"):
+        assert part in message, message
+    assert "'h_out'" not in message, message
+    guard = json.loads((out / "guard.json").read_text())
+    assert not guard["c_out"]["covered"] and guard["h_out"]["covered"], guard
+
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    config = CoreMlConfig(precision="w8a8", variant="coreml-w8a8@20ms", keep_float_states=("c_in",))
+    CoreMlStage.run(config, inputs, fixed, dag.StageContext("coreml-w8a8@20ms"))
+    guard = json.loads((fixed / "guard.json").read_text())
+    assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"], guard

@@ -243,3 +243,61 @@ def test_a_quantized_file_off_by_half_its_range_fails_verification(tiny_target: 
     assert not results[True]["passed"]
     assert [f for f in results[True]["failures"] if f.startswith(magnitude)], results[True]["failures"]
     assert results[True]["outputs"]["logits"]["max_abs"] > 0.3 * results[True]["outputs"]["logits"]["reference_max_abs"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16x8"])
+def test_state_range_guard_passes_the_default_model(tiny_target: dict, precision: str) -> None:
+    artifact = tiny_target["built"][f"tflite-{precision}@20ms"].path
+    ranges = json.loads((tiny_target["built"]["calibrate@20ms"].path / "ranges.json").read_text())["ranges"]
+    guard = json.loads((artifact / "guard.json").read_text())
+    assert set(guard) == {"h_out", "c_out"}, guard
+    for output, record in guard.items():
+        assert record["covered"] and not record["output"][0]["float"], record
+        assert record["output"][0]["dtype"] == {"int8": "int8", "int16x8": "int16"}[precision]
+        assert record["state_input_range"] == [ranges[record["feeds"]]["min"], ranges[record["feeds"]]["max"]]
+        if precision == "int16x8":  # symmetric
+            assert record["output"][0]["zero_point"] == 0 and all(e["zero_point"] == 0 for e in record["input"])
+        assert [e["float"] for e in record["input"]] == [False]
+
+
+def widened_calibration(built: dict, tmp_path: Path, name: str, factor: float) -> Artifact:
+    """The calibrate artifact with `name`'s recorded range widened by `factor`: the samples the quantizer calibrates
+    on are unchanged, so the state's encodings come out narrower than the range the guard is given."""
+    import shutil
+
+    calibration = tmp_path / "calibration"
+    shutil.copytree(built["calibrate@20ms"].path, calibration)
+    document = json.loads((calibration / "ranges.json").read_text())
+    low, high = document["ranges"][name]["min"], document["ranges"][name]["max"]
+    middle, half = (low + high) / 2, (high - low) / 2 * factor
+    document["ranges"][name] = {"min": middle - half, "max": middle + half}
+    (calibration / "ranges.json").write_text(json.dumps(document))
+    return Artifact("calibrate", "k", calibration, "d")
+
+
+def test_state_range_guard_fails_a_state_whose_encoding_cannot_hold_its_input_and_keep_float_states_fixes_it(
+    tiny_target: dict, tmp_path: Path
+) -> None:
+    from pipeline.errors import UserError
+
+    built = tiny_target["built"]
+    inputs = {"model": built["legalize@20ms"], "converted": built["onnx2tf@20ms"], "calibration": widened_calibration(built, tmp_path, "c_in", 3.0)}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UserError) as caught:
+        TfliteStage.run(TfliteConfig(precision="int8", variant="litert-int8@20ms"), inputs, out, dag.StageContext("tflite-int8@20ms"))
+    message = str(caught.value)
+    expected = ("tflite-int8@20ms", "state output 'c_out' (tensor 'PartitionedCall:2", "feeds back as 'c_in'", "state input 'c_in' is quantized on entry")
+    for part in (*expected, "keep_float_states: {int8: ['c_in']}"):
+        assert part in message, message
+    assert "'h_out'" not in message, message
+    guard = json.loads((out / "guard.json").read_text())
+    assert not guard["c_out"]["covered"] and guard["h_out"]["covered"], guard
+
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    config = TfliteConfig(precision="int8", variant="litert-int8@20ms", keep_float_states=("c_in",))
+    TfliteStage.run(config, inputs, fixed, dag.StageContext("tflite-int8@20ms"))
+    guard = json.loads((fixed / "guard.json").read_text())
+    assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"] and guard["c_out"]["input"][0]["float"], guard
+    assert not guard["h_out"]["output"][0]["float"], guard

@@ -7,7 +7,9 @@
   needs macOS), then the weights;
 - stateful: fp16, the recurrent state in the model (iOS 18), so the app keeps no state tensors.
 
-Then the contract (names read back from the saved model's description), the op listing, and a
+Then the contract (names read back from the saved model's description), the op listing, for int8w
+and w8a8 the state-range guard (each state output's and each state input's activation quantization
+must hold the state input's recorded range, `guard.json`; see pipeline/verify/state_guard.py), and a
 check that the saved package, run by this backend's session, reproduces the PyTorch graph: a wrong
 binding or a conversion route that changed the function fails here, naming the output.
 """
@@ -28,7 +30,7 @@ from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import Binding, Contract, read_contract, usage_steps, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError, UserError
-from pipeline.spec import format_ms
+from pipeline.spec import StreamSpec, format_ms
 
 ARTIFACT = "model.mlpackage"
 OPS_FILE = "ops.json"
@@ -152,7 +154,7 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "4"
+    version = "5"  # 5: guard.json, the state-range guard
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 
@@ -219,6 +221,9 @@ class CoreMlStage(Stage):
         if stateful:
             update["usage"] = usage_steps(spec, state_in_model=True)
         write_contract(out, contract.model_copy(update=update))
+        if config.precision in ("int8w", "w8a8"):
+            calibration = inputs["calibration"].path if "calibration" in inputs else None
+            check_state_guard(out / ARTIFACT, spec, calibration, out, variant, where)
 
         check = check_reproduces(
             TorchSession(source),
@@ -234,6 +239,23 @@ class CoreMlStage(Stage):
         (out / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")
         worst = ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs"].items())
         ctx.log(f"{variant}: {len(ops)} MIL ops via {route} ({seconds:.1f} s, {artifact_bytes(out / ARTIFACT) / 1e6:.2f} MB); max abs error vs PyTorch: {worst}")
+
+
+def check_state_guard(package: Path, spec: StreamSpec, calibration: Path | None, out: Path, variant: str, where: str) -> None:
+    """Every quantize/dequantize a state output comes out of, and every quantize reading a state input, must hold
+    the state input's recorded range: guard.json, or a UserError naming the op (int8w: every state float)."""
+    from pipeline.backends.coreml.interpreter import load_program
+    from pipeline.backends.coreml.state_ranges import state_encodings
+    from pipeline.verify.records import RANGES_FILE
+    from pipeline.verify.state_guard import guard
+
+    ranges = None if calibration is None else json.loads((calibration / RANGES_FILE).read_text())["ranges"]
+    outputs, entries = state_encodings(load_program(package), spec, variant)
+
+    def fix(short: list[str]) -> str:
+        return f"keep the state path in fp16 with `coreml.keep_float_states: {{w8a8: {short}}}`, or build int8w (float activations)"
+
+    guard(spec.states, ranges, outputs, entries, out, variant=variant, where=where, fix=fix)
 
 
 def _samples(recorded: dict[str, np.ndarray] | None, names: list[str], limit: int | None) -> list[dict[str, np.ndarray]]:

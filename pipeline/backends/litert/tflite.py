@@ -7,8 +7,10 @@
   state feeds back exactly and no app has to requantize it.
 
 Then the builtin-ops gate (a Select-TF/custom op fails the variant unless allowed), the contract
-(each tensor's real name, shape and layout in the file) and a numeric check against onnxruntime
-that catches a mis-bound output at once.
+(each tensor's real name, shape and layout in the file), for int8/int16x8 the state-range guard
+(each state output's quantized range must hold its state input's recorded range, `guard.json`;
+see pipeline/verify/state_guard.py) and a numeric check against onnxruntime that catches a
+mis-bound output at once.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from pipeline.backends.litert.converted import SAVED_MODEL_DIR, converted_float,
 from pipeline.backends.litert.flatbuffer import attribute_ops, check_activation_type, check_builtin_ops, output_layers, read_ops
 from pipeline.backends.litert.quantize import QuantizeRequest, graph_outputs, quantize_in_subprocess
 from pipeline.cache import Artifact
-from pipeline.contract import read_contract, write_contract
+from pipeline.contract import Binding, read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError, UserError
 from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
-from pipeline.spec import format_ms
-from pipeline.verify.records import load_calibration
+from pipeline.spec import StreamSpec, format_ms
+from pipeline.verify.records import RANGES_FILE, load_calibration
 
 ARTIFACT = "model.tflite"
 OPS_FILE = "ops.json"
@@ -65,7 +67,7 @@ class TfliteConfig(StageConfig):
 
 class TfliteStage(Stage):
     name = "tflite"
-    version = "4"
+    version = "5"  # 4: guard.json, the state-range guard; 5: the recipe (contract `quantization`, ops.json)
     tools = ("tensorflow", "ai-edge-litert", "onnx", "onnxruntime")
     Config = TfliteConfig
 
@@ -140,6 +142,8 @@ class TfliteStage(Stage):
                 update={"backend": "litert", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings, "quantization": recipe}
             ),
         )
+        if quantized:
+            check_state_guard(flatbuffer, spec, bindings, inputs["calibration"].path, out, config, variant, where)
         recorded_pairs = load_calibration(inputs["calibration"].path) if quantized else None
         if listing["custom_ops"]:  # allowed, but LiteRT's Python runtime has no Select-TF ops to run them with
             check = {"mode": "skipped", "reason": f"custom ops {listing['custom_ops']} cannot run here"}
@@ -149,3 +153,24 @@ class TfliteStage(Stage):
         (out / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")
         worst = ", ".join(f"{k} {v:.2g}" for k, v in check.get("max_abs", {}).items()) or "-"
         ctx.log(f"{variant}: {len(ops)} ops ({seconds:.1f} s); max abs error vs onnxruntime: {worst}")
+
+
+def check_state_guard(
+    flatbuffer: bytes, spec: StreamSpec, bindings: dict[str, Binding], calibration: Path, out: Path, config: TfliteConfig, variant: str, where: str
+) -> None:
+    """Every state output's DEQUANTIZE source, and every QUANTIZE reading a state input, must hold the state
+    input's recorded range: guard.json, or a UserError naming the tensor."""
+    from pipeline.backends.litert.state_ranges import state_encodings
+    from pipeline.verify.state_guard import guard
+
+    ranges = json.loads((calibration / RANGES_FILE).read_text())["ranges"]
+    outputs, entries = state_encodings(flatbuffer, spec, bindings, variant)
+
+    def fix(short: list[str]) -> str:
+        if config.precision == "int8":
+            remedy = f"keep the state path float with `litert.keep_float_states: {{int8: {short}}}`, or build int16x8"
+        else:
+            remedy = f"keep_float_states takes int8 only: build int8 with `litert.keep_float_states: {{int8: {short}}}`"
+        return remedy + "; if the state reaches its range only between calibration samples, keep more (`calibration.max_samples`)"
+
+    guard(spec.states, ranges, outputs, entries, out, variant=variant, where=where, fix=fix)
