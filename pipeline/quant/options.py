@@ -25,7 +25,7 @@ class QuantizationOptions(Strict):
         0.5,
         gt=0,
         le=1,
-        description="While searching, the goal's error allowances (CER, decision disagreement) are scaled by this: the "
+        description="While searching, the error allowances (CER, decision disagreement, largest error) are scaled by this: the "
         "held-out speech is a few minutes at most, and the recipe must still hold on speech it never saw.",
     )
     max_evaluations: int = Field(16, ge=1, description="Most candidate recipes one search builds and streams.")

@@ -125,7 +125,7 @@ class _Search:
         """What a candidate is held to: the goal with its error allowances scaled by the margin, no teacher-forced bounds."""
         t, m = self.tolerance, self.config.margin
         update: dict[str, Any] = {"one_step_max_abs": None, "one_step_max_rel": None}
-        for name in ("max_cer_vs_reference", "max_cer_increase"):
+        for name in ("max_cer_vs_reference", "max_cer_increase", "max_abs", "max_rel"):
             if getattr(t, name) is not None:
                 update[name] = getattr(t, name) * m
         if t.min_decision_agreement is not None:
@@ -225,13 +225,20 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
         effects.setdefault(unit.label, {"score": result.score, "gain": current.score - result.score, "passed": result.passed, "size_bytes": result.size_bytes})
         return result
 
-    # structural units first (state recurrences, then front ends), each kept if it helps: its ops alone mean nothing
-    for unit in states:
-        if current.passed or s.exhausted:
-            break
-        result = attempt(unit, f"+ {unit.label}")
-        if result is not None and _better(result, current):
-            current = result
+    # structural units first (state recurrences, then front ends), each kept if it helps: its ops alone mean nothing.
+    # Passes repeat while one adopts a unit: a state that did not help next to a broken front end may help after it.
+    remaining, adopted = list(states), True
+    while adopted and remaining and not current.passed and not s.exhausted:
+        adopted = False
+        for unit in list(remaining):
+            if current.passed or s.exhausted:
+                break
+            result = attempt(unit, f"+ {unit.label}")
+            if result is None:
+                remaining.remove(unit)
+            elif _better(result, current):
+                current, adopted = result, True
+                remaining.remove(unit)
     # then rounds over single ops, most damaged by their own grid first: the best one of a round is kept if it helps
     while not current.passed and not s.exhausted:
         covered = set(s.quantizer.covered(s.stage_config, s.inputs, current.recipe))
@@ -258,7 +265,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "1"
+    version = "4"
     tools = ("numpy", "torch")
     Config = SearchConfig
 
