@@ -76,7 +76,7 @@ def plan(manifest: Manifest) -> Graph:
     source_sha = source_digest(ref)
     v = manifest.verification
     data = stream_data(max_seconds=v.max_seconds, corpus=v.corpus, split=v.split, audio=v.audio, transcripts=v.transcripts)
-    noisy_data = data.model_copy(update={"condition": "noisy"})
+    noisy_data = data.replaced(condition="noisy")
     report_inputs: list[tuple[str, str]] = []
     variants = []
     for chunk in manifest.chunks:

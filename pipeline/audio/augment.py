@@ -36,6 +36,9 @@ import numpy as np
 from pipeline.audio.corpus import SAMPLE_RATE, Utterance, speech_mask
 from pipeline.errors import InternalError
 
+# Bump whenever a copy's bytes may change (a parameter, a draw, the order of draws): it is part of the key of
+# every stream of augmented audio (StreamData.augment_version, CalibrateConfig.augment_version).
+AUGMENT_VERSION = "1"
 NOISY_COPY = 0  # the copy index of the noisy verification copy; calibration copies are 1, 2, ...
 SPEED = (0.9, 1.1)
 GAIN_DB = (-12.0, 6.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.audio.corpus import Utterance, load_split, speech_mask
 from pipeline.audio.frontend import stream_chunks
@@ -47,6 +47,25 @@ class StreamData(StageConfig):
         "clean", description="'noisy': each utterance of the part in a room and in noise (pipeline.audio.augment.noisy_copy)."
     )
     augment_seed: int = Field(0, ge=0, description="Seed of the noisy copy and of calibration copies (pipeline.audio.augment).")
+    augment_version: str | None = Field(
+        None,
+        description="pipeline.audio.augment.AUGMENT_VERSION for a noisy stream (filled in), so a change to the copies "
+        "rebuilds what streamed them; None for clean speech, whose key it leaves alone.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_version(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("condition") == "noisy" and values.get("augment_version") is None:
+            from pipeline.audio.augment import AUGMENT_VERSION
+
+            values = {**values, "augment_version": AUGMENT_VERSION}
+        return values
+
+    def replaced(self, **changes: object) -> StreamData:
+        """This data with `changes` (e.g. condition="noisy"), validated; the paths kept. (model_copy skips validation.)"""
+        values = {k: v for k, v in self.__dict__.items() if k != "augment_version" or "condition" not in changes}
+        return type(self).model_validate(values | changes)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact
@@ -33,6 +33,18 @@ class CalibrateConfig(StageConfig):
     augmented_copies: int = Field(
         2, ge=0, description="Calibration copies of the data streamed after it (speed, room, noise and gain changed), each from the initial state."
     )
+    augment_version: str | None = Field(
+        None, description="pipeline.audio.augment.AUGMENT_VERSION when there are augmented copies (filled in), so a change to them recalibrates."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_version(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("augmented_copies", 2) > 0 and values.get("augment_version") is None:
+            from pipeline.audio.augment import AUGMENT_VERSION
+
+            values = {**values, "augment_version": AUGMENT_VERSION}
+        return values
 
 
 class CalibrateStage(Stage):

@@ -138,7 +138,7 @@ def test_condition_part_and_seed_are_part_of_the_key() -> None:
     base = stream_data(max_seconds=None, corpus=CORPUS, split="calibration")
     keys = {
         base.model_dump_json(),
-        base.model_copy(update={"condition": "noisy"}).model_dump_json(),
+        base.replaced(condition="noisy").model_dump_json(),
         base.model_copy(update={"part": "fit"}).model_dump_json(),
         base.model_copy(update={"held_out_every": 5}).model_dump_json(),
         base.model_copy(update={"augment_seed": 1}).model_dump_json(),
@@ -152,3 +152,19 @@ def test_an_empty_part_is_a_user_error() -> None:
     data = stream_data(max_seconds=None, corpus=CORPUS, split="calibration", part="held_out", held_out_every=40)
     with pytest.raises(UserError, match="part of split 'calibration' is empty"):
         load_utterances(data)
+
+
+def test_a_change_to_the_copies_changes_the_key_of_noisy_streams_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.audio import augment as augment_module
+    from pipeline.verify.calibrate import CalibrateConfig
+
+    clean = stream_data(max_seconds=None, corpus=CORPUS, split="calibration")
+    noisy = clean.replaced(condition="noisy")
+    assert clean.augment_version is None and noisy.augment_version == augment_module.AUGMENT_VERSION
+    assert CalibrateConfig(data=clean, augmented_copies=0).augment_version is None
+    calibrated = CalibrateConfig(data=clean, augmented_copies=2)
+    monkeypatch.setattr(augment_module, "AUGMENT_VERSION", "next")
+    assert clean.replaced(condition="noisy").model_dump_json() != noisy.model_dump_json()
+    assert CalibrateConfig(data=clean, augmented_copies=2) != calibrated
+    assert stream_data(max_seconds=None, corpus=CORPUS, split="calibration") == clean
+    assert noisy.replaced(condition="clean").augment_version is None

@@ -50,7 +50,7 @@ def test_plan_adds_a_noisy_reference_per_chunk_and_a_noisy_verify_per_variant(tm
     noisy = graph.nodes[f"verify-noisy:{VARIANT}"]
     clean = graph.nodes[f"verify:{VARIANT}"]
     assert graph.nodes["reference-noisy@20ms"].config.data.condition == "noisy"
-    assert noisy.config.data == clean.config.data.model_copy(update={"condition": "noisy"})
+    assert noisy.config.data == clean.config.data.replaced(condition="noisy")
     assert dict(noisy.inputs) == dict(clean.inputs) | {"reference": "reference-noisy@20ms"}
     report = graph.nodes["report"]
     assert dict(report.inputs) == {VARIANT: f"verify:{VARIANT}", noisy_role(VARIANT): f"verify-noisy:{VARIANT}"}
