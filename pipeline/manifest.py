@@ -66,11 +66,28 @@ class VerificationData(SpeechData):
     teacher_steps: int = Field(
         200, gt=0, description="Consecutive calls in each of the three teacher-forced windows (fewer for a runtime whose calls are slow, e.g. a simulator)."
     )
+    noisy: bool = Field(
+        True,
+        description="Also stream a seeded noisy, reverberant copy of the verification speech (pipeline/audio/augment.py) through "
+        "every artifact and the reference; a variant passes only if it passes on both.",
+    )
 
 
 class CalibrationData(SpeechData):
     split: str = Field("calibration", description="Corpus split the reference streams to record (chunk, state) samples.")
-    max_samples: int = Field(2000, gt=0, description="Calibration samples kept, evenly spaced over the stream.")
+    max_samples: int = Field(2000, gt=0, description="Calibration samples kept, evenly spaced over all the streams (clean and augmented).")
+    augmented_copies: int = Field(
+        2,
+        ge=0,
+        description="Calibration copies of the fit part streamed after it, each speed-, room-, noise- and gain-changed "
+        "(pipeline/audio/augment.py) and each from the initial state; 0: clean speech only.",
+    )
+    held_out_every: int = Field(
+        4,
+        ge=2,
+        description="One utterance in this many (the last of each run of held_out_every) is held out of calibration, "
+        "for judging a quantization on speech it was not calibrated on; calibration streams the others.",
+    )
 
 
 class Budgets(Strict):

@@ -4,7 +4,12 @@
     trace -> reference -------------------------------------^
     trace -> calibrate -> (quantized lowerings)
 
-One chain per chunk length; one verify per (backend, precision, chunk length). Backends are
+One chain per chunk length; one verify per (backend, precision, chunk length). With
+`verification.noisy` (the default) each chunk length also has a `reference-noisy@<chunk>` and each
+variant a `verify-noisy:<variant>`, streaming the seeded noisy, reverberant copy of the same
+speech: a condition of the variant, reported inside its record (report input `noisy:<variant>`),
+not a variant of its own. Calibration streams the `fit` part of its split, clean and as
+`augmented_copies` augmented copies; the `held_out` part is left for judging a quantization. Backends are
 known only through the registry: each lowers itself onto the plan. Node ids and variant names end
 in the chunk length in the unit the manifest lists it: `@20ms` (chunk_ms) or `@512smp`
 (chunk_samples; see `pipeline.spec.ChunkLength`).
@@ -26,7 +31,7 @@ from pipeline.export.trace import TraceConfig, TraceStage
 from pipeline.manifest import Manifest
 from pipeline.model import source_digest
 from pipeline.spec import ChunkLength
-from pipeline.report.stage import ReportConfig, ReportStage, VariantInfo
+from pipeline.report.stage import ReportConfig, ReportStage, VariantInfo, noisy_role
 from pipeline.verify.calibrate import CalibrateConfig, CalibrateStage
 from pipeline.verify.reference import ReferenceConfig, ReferenceStage
 from pipeline.verify.stage import VerifyConfig, VerifyStage
@@ -48,8 +53,10 @@ class PlanContext:
         c = self.manifest.calibration
         if c is None:
             raise InternalError("a calibrated variant was planned for a manifest without a calibration section")
-        data = stream_data(max_seconds=None, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts)
-        config = CalibrateConfig(data=data, max_samples=c.max_samples)
+        data = stream_data(
+            max_seconds=None, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts, part="fit", held_out_every=c.held_out_every
+        )
+        config = CalibrateConfig(data=data, max_samples=c.max_samples, augmented_copies=c.augmented_copies)
         return self.add(Node(f"calibrate@{chunk.label}", CalibrateStage, config, (("model", traced),)))
 
     def held_out(self) -> tuple:
@@ -105,7 +112,9 @@ def plan(manifest: Manifest) -> Graph:
     source_sha = source_digest(ref)
     v = manifest.verification
     data = stream_data(max_seconds=v.max_seconds, corpus=v.corpus, split=v.split, audio=v.audio, transcripts=v.transcripts)
-    verify_nodes, variants = [], []
+    noisy_data = data.replaced(condition="noisy")
+    report_inputs: list[tuple[str, str]] = []
+    variants = []
     for chunk in manifest.chunks:
         suffix = f"@{chunk.label}"
         traced = ctx.add(
@@ -126,6 +135,10 @@ def plan(manifest: Manifest) -> Graph:
             )
         )
         reference = ctx.add(Node(f"reference{suffix}", ReferenceStage, ReferenceConfig(data=data, teacher_steps=v.teacher_steps), (("model", traced),)))
+        if v.noisy:
+            noisy_reference = ctx.add(
+                Node(f"reference-noisy{suffix}", ReferenceStage, ReferenceConfig(data=noisy_data, teacher_steps=v.teacher_steps), (("model", traced),))
+            )
         for backend_name, precisions in manifest.backends.items():
             backend = get_backend(backend_name)
             lowering = Lowering(
@@ -153,7 +166,11 @@ def plan(manifest: Manifest) -> Graph:
                     data=data,
                 )
                 inputs = (("model", artifact), ("reference", reference), ("torch", traced))
-                verify_nodes.append(ctx.add(Node(f"verify:{name}", VerifyStage, config, inputs)))
+                report_inputs.append((name, ctx.add(Node(f"verify:{name}", VerifyStage, config, inputs))))
+                if v.noisy:
+                    noisy = config.model_copy(update={"data": noisy_data})
+                    inputs = (("model", artifact), ("reference", noisy_reference), ("torch", traced))
+                    report_inputs.append((noisy_role(name), ctx.add(Node(f"verify-noisy:{name}", VerifyStage, noisy, inputs))))
                 variants.append(
                     VariantInfo(
                         name=name,
@@ -165,8 +182,12 @@ def plan(manifest: Manifest) -> Graph:
                     )
                 )
     report = ReportConfig(
-        target=manifest.name, model=ref.factory, description=manifest.description, budgets=manifest.budgets, variants=tuple(variants)
+        target=manifest.name,
+        model=ref.factory,
+        description=manifest.description,
+        budgets=manifest.budgets,
+        variants=tuple(variants),
+        noisy=v.noisy,
     )
-    inputs = tuple((node_id.removeprefix("verify:"), node_id) for node_id in verify_nodes)
-    ctx.add(Node("report", ReportStage, report, inputs, gather=True))
+    ctx.add(Node("report", ReportStage, report, tuple(report_inputs), gather=True))
     return Graph(ctx.nodes)

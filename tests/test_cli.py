@@ -286,10 +286,13 @@ REPORT = {
             "name": "onnxruntime-fp32@20ms", "status": "passed", "passed": True, "failures": [], "size_bytes": 1_234_567,
             "outputs": {"logits": {"max_abs": 1.5e-06, "cosine": 0.99999994}, "h_out": {"max_abs": 3e-06, "cosine": 0.9999}},
             "cer": 0.125, "cer_vs_reference": 0.0, "decision_agreement": 1.0, "rtf": 0.0123,
+            "noisy": {"passed": True, "status": "passed", "failures": [], "cer": 0.25, "outputs": {"logits": {"sqnr_db": 80.0}}},
         },
         {
             "name": "litert-int16x8-dsp-island-float@20ms", "status": "failed", "passed": False,
-            "failures": ["logits: max abs 0.31 > 0.1 [op SQRT]"], "outputs": {"logits": {"max_abs": 0.31}},
+            "failures": ["logits: max abs 0.31 > 0.1 [op SQRT]", "noisy copy: logits: SQNR 9.0 dB < 20 dB"],
+            "outputs": {"logits": {"max_abs": 0.31}},
+            "noisy": {"passed": False, "status": "failed", "failures": ["logits: SQNR 9.0 dB < 20 dB"], "outputs": {"logits": {"sqnr_db": 9.0}}},
         },
         {
             "name": "litert-int8@40ms", "status": "error", "passed": False, "failures": [],
@@ -312,12 +315,13 @@ def test_summary_in_a_log_is_a_plain_markdown_table() -> None:
     text = _summary(terminal=False, width=40)  # narrower than any row: nothing may wrap or be cut
     lines = text.splitlines()
     assert "\x1b[" not in text and "…" not in text
-    header = lines.index("| variant | status | MB | max abs | cosine | CER | CER vs ref | decisions | RTF |")
-    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    assert lines[header + 2] == "| onnxruntime-fp32@20ms | passed | 1.23 | 3e-06 | 0.999900 | 0.1250 | 0.0000 | 1.0000 | 0.0123 |"
-    assert lines[header + 3] == "| litert-int16x8-dsp-island-float@20ms | FAILED verification | - | 0.31 | - | - | - | - | - |"
-    assert lines[header + 4] == "| litert-int8@40ms | FAILED at tflite | - | - | - | - | - | - | - |"
+    header = lines.index("| variant | status | MB | max abs | cosine | CER | CER vs ref | decisions | noisy copy | RTF |")
+    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    assert lines[header + 2] == "| onnxruntime-fp32@20ms | passed | 1.23 | 3e-06 | 0.999900 | 0.1250 | 0.0000 | 1.0000 | passed, CER 0.2500 | 0.0123 |"
+    assert lines[header + 3] == "| litert-int16x8-dsp-island-float@20ms | FAILED verification | - | 0.31 | - | - | - | - | FAILED, SQNR 9.0 | - |"
+    assert lines[header + 4] == "| litert-int8@40ms | FAILED at tflite | - | - | - | - | - | - | - | - |"
     assert "FAIL litert-int16x8-dsp-island-float@20ms: logits: max abs 0.31 > 0.1 [op SQRT]" in lines
+    assert "FAIL litert-int16x8-dsp-island-float@20ms: noisy copy: logits: SQNR 9.0 dB < 20 dB" in lines
     assert "FAIL litert-int8@40ms: toolchain error in tflite-int8@40ms: tensorflow failed: boom [op SQRT]" in lines
 
 
@@ -328,7 +332,7 @@ def test_summary_on_a_terminal_keeps_every_variant_name_whole(width: int) -> Non
     text = _summary(terminal=True, width=width)
     assert "\x1b[" in text  # styled: this is the rich table, not the log format
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    table = plain.split("FAIL ")[0]
+    table = plain.split("\nFAIL ")[0]  # the failure lines below the table (a status cell may wrap to "FAIL")
     for variant in REPORT["variants"]:
         assert variant["name"] in table, table  # on one line, whatever the other columns had to give up
     assert "…" not in table

@@ -3,11 +3,13 @@ chunk inputs a device would compute."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.audio.corpus import Utterance, load_split, speech_mask
 from pipeline.audio.frontend import stream_chunks
@@ -35,6 +37,35 @@ class StreamData(StageConfig):
     corpus: Path | None = Field(None, exclude=True, description="Corpus directory (not part of the key).")
     audio: Path | None = Field(None, exclude=True, description="Directory or glob of WAV/FLAC files (not part of the key).")
     transcripts: Path | None = Field(None, exclude=True, description="TSV of file<TAB>text lines (not part of the key).")
+    part: Literal["all", "fit", "held_out"] = Field(
+        "all",
+        description="Which utterances: all; 'held_out', those whose position in the split is held_out_every - 1 modulo "
+        "held_out_every; 'fit', the others. Interleaved, so both parts sample the whole split.",
+    )
+    held_out_every: int = Field(4, ge=2, description="One utterance in this many is held out (see `part`).")
+    condition: Literal["clean", "noisy"] = Field(
+        "clean", description="'noisy': each utterance of the part in a room and in noise (pipeline.audio.augment.noisy_copy)."
+    )
+    augment_seed: int = Field(0, ge=0, description="Seed of the noisy copy and of calibration copies (pipeline.audio.augment).")
+    augment_version: str | None = Field(
+        None,
+        description="pipeline.audio.augment.AUGMENT_VERSION for a noisy stream (filled in), so a change to the copies "
+        "rebuilds what streamed them; None for clean speech, whose key it leaves alone.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_version(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("condition") == "noisy" and values.get("augment_version") is None:
+            from pipeline.audio.augment import AUGMENT_VERSION
+
+            values = {**values, "augment_version": AUGMENT_VERSION}
+        return values
+
+    def replaced(self, **changes: object) -> StreamData:
+        """This data with `changes` (e.g. condition="noisy"), validated; the paths kept. (model_copy skips validation.)"""
+        values = {k: v for k, v in self.__dict__.items() if k != "augment_version" or "condition" not in changes}
+        return type(self).model_validate(values | changes)
 
 
 @dataclass(frozen=True)
@@ -63,22 +94,30 @@ def stream_data(
     split: str | None = None,
     audio: Path | None = None,
     transcripts: Path | None = None,
+    part: Literal["all", "fit", "held_out"] = "all",
+    held_out_every: int = 4,
+    condition: Literal["clean", "noisy"] = "clean",
+    augment_seed: int = 0,
 ) -> StreamData:
-    """A data section, identified by the digest of its content; a user's audio is header-checked here."""
+    """A data section, identified by the digest of its content; a user's audio is header-checked here.
+
+    `part`, `held_out_every`, `condition` and `augment_seed` choose what of it streams, as the StreamData fields say.
+    """
+    selection = {"part": part, "held_out_every": held_out_every, "condition": condition, "augment_seed": augment_seed}
     if (corpus is None) == (audio is None):
         raise InternalError(f"stream_data needs exactly one of corpus and audio, got corpus={corpus} audio={audio}")
     if corpus is not None:
         if split is None:
             raise InternalError("stream_data of a corpus needs its split")
-        return StreamData(split=split, split_sha256=split_digest(corpus, split), max_seconds=max_seconds, corpus=corpus)
+        return StreamData(split=split, split_sha256=split_digest(corpus, split), max_seconds=max_seconds, corpus=corpus, **selection)
     from pipeline.audio.user_audio import audio_digest, scan_audio
 
     digest = audio_digest(scan_audio(audio, transcripts))
-    return StreamData(split=AUDIO_SPLIT, split_sha256=digest, max_seconds=max_seconds, audio=audio, transcripts=transcripts)
+    return StreamData(split=AUDIO_SPLIT, split_sha256=digest, max_seconds=max_seconds, audio=audio, transcripts=transcripts, **selection)
 
 
-def load_utterances(data: StreamData) -> list[Utterance]:
-    """The utterances of a data section, in stream order: a corpus split's, or one per audio file."""
+def source_utterances(data: StreamData) -> list[Utterance]:
+    """Every utterance of the data section, in split order: a corpus split's, or one per audio file."""
     if data.corpus is not None:
         return load_split(data.corpus, data.split)
     if data.audio is None:
@@ -88,16 +127,59 @@ def load_utterances(data: StreamData) -> list[Utterance]:
     return load_audio(scan_audio(data.audio, data.transcripts))
 
 
+def part_positions(count: int, part: str, held_out_every: int) -> list[int]:
+    """Split positions of a part: 'held_out' every held_out_every-th (the last of each run), 'fit' the rest, 'all' all."""
+    if part == "all":
+        return list(range(count))
+    held_out = [i % held_out_every == held_out_every - 1 for i in range(count)]
+    if part not in ("fit", "held_out"):
+        raise InternalError(f"unknown part {part!r}: expected 'all', 'fit' or 'held_out'")
+    return [i for i in range(count) if held_out[i] == (part == "held_out")]
+
+
+def part_utterances(data: StreamData) -> list[tuple[int, Utterance]]:
+    """(split position, clean utterance) of the part `data` streams, in stream order."""
+    utterances = source_utterances(data)
+    positions = part_positions(len(utterances), data.part, data.held_out_every)
+    if not positions:
+        raise UserError(
+            f"the {data.part!r} part of split {data.split!r} is empty: it has {len(utterances)} utterances and holds out "
+            f"every {data.held_out_every}th",
+            where=data.split,
+            hint="lower held_out_every or add utterances",
+        )
+    return [(i, utterances[i]) for i in positions]
+
+
+def with_condition(data: StreamData, indexed: Sequence[tuple[int, Utterance]]) -> list[Utterance]:
+    """The part's utterances as `data.condition` says they sound."""
+    if data.condition == "clean":
+        return [u for _, u in indexed]
+    from pipeline.audio.augment import noisy_copy
+
+    return noisy_copy(indexed, data.augment_seed)
+
+
+def load_utterances(data: StreamData) -> list[Utterance]:
+    """The utterances of a data section in stream order: its part, then its condition."""
+    return with_condition(data, part_utterances(data))
+
+
 def speech_stream(data: StreamData, spec: StreamSpec) -> SpeechStream:
     """The data section's utterances back to back (cut to `data.max_seconds`) and the chunks a device computes."""
+    return utterance_stream(load_utterances(data), spec, data.max_seconds)
+
+
+def utterance_stream(utterances: Sequence[Utterance], spec: StreamSpec, max_seconds: float | None) -> SpeechStream:
+    """Utterances back to back (cut at an utterance boundary to `max_seconds`) and the chunks a device computes."""
     if len(spec.inputs) != 1:
         raise UserError(
             f"the {spec.frontend.kind} frontend feeds one chunk input, the model declares {len(spec.inputs)}",
             where="io.inputs",
         )
-    utterances = load_utterances(data)
-    if data.max_seconds is not None:
-        keep = int(data.max_seconds * spec.frontend.sample_rate)
+    utterances = list(utterances)
+    if max_seconds is not None:
+        keep = int(max_seconds * spec.frontend.sample_rate)
         # cut at an utterance boundary so the ground-truth transcript stays exact
         ends = np.cumsum([len(u.audio) for u in utterances])
         utterances = utterances[: max(1, int(np.searchsorted(ends, keep, side="right")))]

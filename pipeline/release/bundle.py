@@ -61,6 +61,7 @@ def write_bundle(
     from pipeline.release import golden
     from pipeline.release.platforms import client_generator, varying_files
     from pipeline.release.provenance import provenance
+    from pipeline.report.stage import variant_inputs
 
     report_dir = built["report"].path
     report = json.loads((report_dir / "report.json").read_text())
@@ -78,7 +79,7 @@ def write_bundle(
         shutil.copyfile(card, staging / "MODEL_CARD.md")
     variants, backends = [], []
     audio_cache: dict[str, Any] = {}
-    for role, verify_id in graph.nodes["report"].inputs:
+    for role, verify_id in variant_inputs(graph.nodes["report"]):  # a variant's run on the noisy copy ships nothing
         artifact_id = dict(graph.nodes[verify_id].inputs)["model"]
         variant_dir = staging / role
         _copy_tree(built[artifact_id].path, variant_dir)

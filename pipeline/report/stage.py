@@ -1,5 +1,13 @@
 """report: every variant of a target in report.json (schema 3), report.md and drift.png.
 
+A variant verified on the noisy, reverberant copy too (input role `noisy:<variant>`) carries that
+run under `noisy` (`NOISY_FIGURES`: cer, cer_vs_reference, reference_cer, decision figures,
+`outputs.<name>` max_abs/sqnr_db/cosine and decision_agreement, `states.<name>` max_abs/sqnr_db,
+steps, audio_seconds, passed, status, failures, and `error` where it failed at a stage); the
+variant passes only if both runs pass, the noisy run's failures listed among its own prefixed
+"noisy copy: ". A variant that never got verified on the clean speech is reported once, for the
+stage that failed, with no `noisy`. The report carries `reference_noisy_cer` beside `reference_cer`.
+
 Schema 3 (over 2): each variant names its `chunk` as the manifest lists it ('20ms', '512smp') and,
 once verified, carries `chunk_samples`, `chunk_ms` (a float, derived) and `sample_rate`; decision
 and probability outputs carry their decision figures under `outputs.<name>` (decision_rule,
@@ -23,7 +31,7 @@ from pathlib import Path
 from pydantic import Field
 
 from pipeline.cache import Artifact
-from pipeline.dag import Stage, StageConfig, StageContext
+from pipeline.dag import Node, Stage, StageConfig, StageContext, StageFailure
 from pipeline.manifest import Budgets
 from pipeline.report.quantization import plot_sensitivity
 from pipeline.report.render import plot_drift, render_markdown
@@ -31,6 +39,23 @@ from pipeline.spec import ChunkLength, Strict
 
 REPORT_JSON, REPORT_MD, DRIFT_PNG, SENSITIVITY_PNG = "report.json", "report.md", "drift.png", "sensitivity.png"
 RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify writes
+NOISY_PREFIX = "noisy:"  # report input role of a variant's run on the noisy copy
+NOISY_FAILURE = "noisy copy: "  # how the variant lists that run's failures
+NOISY_FIGURES = (
+    "cer", "cer_vs_reference", "reference_cer", "decision_agreement", "decision_output", "binary_decision_agreement",
+    "decision_accuracy", "steps", "audio_seconds", "transcript",
+)
+NOISY_OUTPUT_FIGURES = ("max_abs", "sqnr_db", "cosine", "decision_agreement", "binary_decision_agreement")
+
+
+def noisy_role(variant: str) -> str:
+    """The report input role of `variant`'s verification on the noisy copy."""
+    return f"{NOISY_PREFIX}{variant}"
+
+
+def variant_inputs(report: Node) -> list[tuple[str, str]]:
+    """(variant name, verify node id) of each variant the report lists: its runs on the noisy copy are no variants."""
+    return [(role, dep) for role, dep in report.inputs if not role.startswith(NOISY_PREFIX)]
 
 
 class VariantInfo(Strict):
@@ -48,6 +73,29 @@ class ReportConfig(StageConfig):
     description: str = Field("", description="Target description shown at the top of report.md.")
     budgets: Budgets = Field(description="Size and speed limits per artifact.")
     variants: tuple[VariantInfo, ...] = Field(description="Every planned variant, in plan order.")
+    noisy: bool = Field(False, description="Whether each variant was also verified on the noisy copy (input role noisy:<variant>).")
+
+
+def error_entry(failure: StageFailure) -> tuple[dict, str]:
+    """What the report says of a skipped or failed verify: the stage that failed upstream of it, and the failure line."""
+    details = dict(failure.details)
+    root = failure.cause or failure.node_id
+    kind = details.pop("cause_kind", failure.kind)
+    stage = details.pop("cause_stage", failure.stage)
+    return {"node": root, "stage": stage, "kind": kind, "message": failure.message} | details, f"failed at {root}: {failure.message}"
+
+
+def noisy_entry(role: str, inputs: dict[str, Artifact], ctx: StageContext) -> dict:
+    """The figures of a variant's run on the noisy copy, or where that run failed."""
+    if role not in inputs:
+        error, line = error_entry(ctx.failures[role])
+        return {"passed": False, "status": "error", "error": error, "failures": [line]}
+    result = json.loads((inputs[role].path / RESULT_FILE).read_text())
+    entry = {k: result[k] for k in NOISY_FIGURES if k in result}
+    entry["outputs"] = {name: {k: o[k] for k in NOISY_OUTPUT_FIGURES if k in o} for name, o in result["outputs"].items()}
+    entry["states"] = {name: {k: s[k] for k in ("max_abs", "sqnr_db") if k in s} for name, s in result["states"].items()}
+    entry |= {"passed": result["passed"], "status": "passed" if result["passed"] else "failed", "failures": result["failures"]}
+    return entry
 
 
 def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latency: bool) -> list[str]:
@@ -75,15 +123,15 @@ class ReportStage(Stage):
                 record["artifact"] = f"{record['name']}/{record.pop('artifact_file')}"
                 record |= timings
                 record["failures"] = record["failures"] + budget_failures(record, timings, config.budgets, info.device_latency)
+                if config.noisy:
+                    record["noisy"] = noisy_entry(noisy_role(info.name), inputs, ctx)
+                    record["failures"] += [NOISY_FAILURE + f for f in record["noisy"]["failures"]]
                 record["passed"] = not record["failures"]
                 record["status"] = "passed" if record["passed"] else "failed"
             else:
-                # the verify node was skipped: what the report names is the stage that failed upstream of it
-                failure = ctx.failures[info.name]
-                details = dict(failure.details)
-                root = failure.cause or failure.node_id
-                kind = details.pop("cause_kind", failure.kind)
-                stage = details.pop("cause_stage", failure.stage)
+                # the verify node was skipped: what the report names is the stage that failed upstream of it,
+                # once, whatever became of the run on the noisy copy (it shares that upstream, or has nothing to add)
+                error, line = error_entry(ctx.failures[info.name])
                 record = {
                     "name": info.name,
                     "backend": info.backend,
@@ -91,8 +139,8 @@ class ReportStage(Stage):
                     info.chunk.field: info.chunk.value,
                     "passed": False,
                     "status": "error",
-                    "error": {"node": root, "stage": stage, "kind": kind, "message": failure.message} | details,
-                    "failures": [f"failed at {root}: {failure.message}"],
+                    "error": error,
+                    "failures": [line],
                 }
             record["chunk"], record["runtime"], record["device_latency"] = info.chunk.label, info.runtime, info.device_latency
             variants.append(record)
@@ -103,6 +151,7 @@ class ReportStage(Stage):
             "description": config.description,
             "passed": all(v["passed"] for v in variants),
             "reference_cer": next((v["reference_cer"] for v in variants if "reference_cer" in v), None),
+            "reference_noisy_cer": next((v["noisy"]["reference_cer"] for v in variants if "reference_cer" in v.get("noisy", {})), None),
             "budgets": config.budgets.model_dump(),
             "variants": variants,
         }

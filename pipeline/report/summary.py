@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-SUMMARY_COLUMNS = ("variant", "status", "MB", "max abs", "cosine", "CER", "CER vs ref", "decisions", "RTF")
+SUMMARY_COLUMNS = ("variant", "status", "MB", "max abs", "cosine", "CER", "CER vs ref", "decisions", "noisy copy", "RTF")
 
 
 def _number(value: Any, spec: str) -> str:
@@ -43,6 +43,27 @@ def decisions_cell(variant: dict) -> str:
     return cell if binary == "-" else f"{cell}, binary {binary}"
 
 
+def noisy_cell(variant: dict) -> str:
+    """The variant's run on the noisy copy: its outcome and its headline figure (CER, else decisions, else worst SQNR)."""
+    noisy = variant.get("noisy")
+    if not isinstance(noisy, dict):
+        return "-"
+    error = noisy.get("error")
+    if noisy.get("status") == "error" or isinstance(error, dict):
+        stage = (error.get("stage") or error.get("node")) if isinstance(error, dict) else None
+        return f"FAILED at {stage or 'an unknown stage'}"
+    outcome = "passed" if noisy.get("passed") else "FAILED"
+    sqnr = [o["sqnr_db"] for o in (noisy.get("outputs") or {}).values() if isinstance(o, dict) and _number(o.get("sqnr_db"), "g") != "-"]
+    for label, value, spec in (
+        ("CER", noisy.get("cer"), ".4f"),
+        ("decisions", noisy.get("decision_agreement"), ".4f"),
+        ("SQNR", min(sqnr) if sqnr else None, ".1f"),
+    ):
+        if _number(value, spec) != "-":
+            return f"{outcome}, {label} {_number(value, spec)}"
+    return outcome
+
+
 def summary_row(variant: dict) -> list[str]:
     """One variant's cells in SUMMARY_COLUMNS order; '-' for every metric it does not have."""
     outputs = [o for o in (variant.get("outputs") or {}).values() if isinstance(o, dict)]
@@ -58,6 +79,7 @@ def summary_row(variant: dict) -> list[str]:
         _number(variant.get("cer"), ".4f"),
         _number(variant.get("cer_vs_reference"), ".4f"),
         decisions_cell(variant),
+        noisy_cell(variant),
         _number(variant.get("rtf"), ".4f"),
     ]
 

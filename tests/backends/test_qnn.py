@@ -224,7 +224,10 @@ def test_qnn_cache_hits_and_a_soc_change_misses_only_the_htp_nodes(tiny_target: 
     graph = plan(load_manifest(write_manifest(tmp / "m2.yaml", **changed)))
     statuses = {s.node_id: s for s in dag.explain(graph, Cache(tmp / "cache"), "tiny-dsp")}
     missed = {node for node, s in statuses.items() if not s.hit}
-    assert missed == {"qnn-htp-a8w8@20ms", "qnn-htp-a16w8@20ms", "verify:qnn-a8w8@20ms", "verify:qnn-a16w8@20ms", "report"}, missed
+    assert missed == {
+        "qnn-htp-a8w8@20ms", "qnn-htp-a16w8@20ms", "verify:qnn-a8w8@20ms", "verify:qnn-a16w8@20ms",
+        "verify-noisy:qnn-a8w8@20ms", "verify-noisy:qnn-a16w8@20ms", "report",
+    }, missed
     assert any("config socs" in r for r in statuses["qnn-htp-a8w8@20ms"].reasons), statuses["qnn-htp-a8w8@20ms"].reasons
 
 
@@ -270,7 +273,9 @@ def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_enco
     tmp, document = tiny_target["tmp"], tiny_target["document"]
     changed = {**document, "qnn": {"sixteen_bit_states": {"a8w8": ["c_in"]}}}
     built, hits, _ = build(changed, tmp / "m3.yaml", tmp / "cache")
-    assert {node for node, hit in hits.items() if not hit} == {"qnn-qdq-a8w8@20ms", "qnn-htp-a8w8@20ms", "verify:qnn-a8w8@20ms", "report"}
+    assert {node for node, hit in hits.items() if not hit} == {
+        "qnn-qdq-a8w8@20ms", "qnn-htp-a8w8@20ms", "verify:qnn-a8w8@20ms", "verify-noisy:qnn-a8w8@20ms", "report"
+    }
     bindings = read_contract(built["qnn-htp-a8w8@20ms"].path).bindings
     assert bindings["c_in"].dtype == bindings["c_out"].dtype == "uint16" and bindings["c_in"].quantization == bindings["c_out"].quantization
     assert bindings["h_in"].dtype == bindings["feats"].dtype == "uint8"

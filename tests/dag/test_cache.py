@@ -41,7 +41,7 @@ def test_changed_config_misses_only_downstream(tmp_path: Path, tiny_manifest: di
     changed = write_manifest(tmp_path / "m.yaml", **tiny_manifest, tolerances={"fp32": {"max_abs": 2e-5}})
     _, hits = build(changed, cache_dir)
     misses = {node for node, hit in hits.items() if not hit}
-    assert misses == {"verify:onnxruntime-fp32@20ms", "report"}
+    assert misses == {"verify:onnxruntime-fp32@20ms", "verify-noisy:onnxruntime-fp32@20ms", "report"}
 
 
 def test_changed_stage_version_reruns_the_stage_and_cuts_off_identical_output(
@@ -79,7 +79,7 @@ def test_changed_stage_version_with_new_bytes_misses_everything_downstream(
     monkeypatch.setattr(OnnxStage, "run", classmethod(run_and_stamp))
     _, hits = build(path, cache_dir)
     misses = {node for node, hit in hits.items() if not hit}
-    assert misses == {"onnx@20ms", "simplify@20ms", "verify:onnxruntime-fp32@20ms", "report"}
+    assert misses == {"onnx@20ms", "simplify@20ms", "verify:onnxruntime-fp32@20ms", "verify-noisy:onnxruntime-fp32@20ms", "report"}
 
 
 def test_changed_tool_version_misses_the_stages_that_call_it(
@@ -96,7 +96,7 @@ def test_changed_tool_version_misses_the_stages_that_call_it(
     misses = {node for node, hit in hits.items() if not hit}
     # every stage that records torch reruns; simplify and verify (onnxruntime against recorded reference outputs)
     # do not call torch, and their input bytes are unchanged
-    assert misses == {"trace@20ms", "onnx@20ms", "reference@20ms"}
+    assert misses == {"trace@20ms", "onnx@20ms", "reference@20ms", "reference-noisy@20ms"}
     assert hits["simplify@20ms"] is True
     # verify wrote the same bytes but its wall clock (timings.json, outside the digest): the report's key holds
     assert hits["report"] is True
