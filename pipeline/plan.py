@@ -60,13 +60,22 @@ class PlanContext:
         return self.add(Node(f"calibrate@{chunk.label}", CalibrateStage, config, (("model", traced),)))
 
     def held_out(self) -> tuple:
-        """The calibration section's held-out utterances, clean and as the noisy, reverberant copy."""
+        """The calibration section's held-out utterances (never in the calibration ranges), clean and as the noisy,
+        reverberant copy: what a recipe search streams its candidates over."""
         c, q = self.manifest.calibration, self.manifest.quantization
-        data = stream_data(max_seconds=q.held_out_seconds, corpus=c.corpus, split=c.split, audio=c.audio, transcripts=c.transcripts)
-        if "part" not in type(data).model_fields:  # TEMPORARY until the held-out split lands
-            return (data,)
-        held = {"part": "held_out", "held_out_every": c.held_out_every}
-        return tuple(data.model_copy(update=held | {"condition": condition}) for condition in ("clean", "noisy"))
+        return tuple(
+            stream_data(
+                max_seconds=q.held_out_seconds,
+                corpus=c.corpus,
+                split=c.split,
+                audio=c.audio,
+                transcripts=c.transcripts,
+                part="held_out",
+                held_out_every=c.held_out_every,
+                condition=condition,
+            )
+            for condition in ("clean", "noisy")
+        )
 
     def search(self, chunk: ChunkLength, traced: str, backend_name: str, precision: str, config, inputs: tuple) -> str | None:
         """The recipe search of one quantized variant, unless the manifest pins its recipe or turns the search off."""

@@ -293,7 +293,7 @@ class SearchStage(Stage):
         held = []
         for data in config.data:
             stream = speech_stream(data, spec)
-            outputs, _ = reference.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch ({_condition(data)})")
+            outputs, _ = reference.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch ({data.condition})")
             transcript = None
             ctc = [o for o in spec.outputs if o.kind == "ctc_logits"]
             if ctc and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
@@ -301,7 +301,7 @@ class SearchStage(Stage):
                 from pipeline.verify.metrics import per_frame
 
                 transcript = ctc_greedy(per_frame(outputs[ctc[0].name], ctc[0].time_axis), spec.decoder.vocabulary, spec.decoder.blank)
-            held.append(_Held(_condition(data), stream, outputs, transcript))
+            held.append(_Held(data.condition, stream, outputs, transcript))
 
         stage_config = quantizer.stage.Config.model_validate(config.stage_config)
         space = quantizer.space(config.precision)
@@ -344,7 +344,3 @@ class SearchStage(Stage):
         timings = {"sensitivity_seconds": sensitivity_seconds, "evaluation_seconds": [e.seconds for e in state.evaluations]}
         (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=1) + "\n")
         ctx.log(f"{config.variant}: {recipe.describe()} after {len(state.evaluations)} evaluations" + ("" if chosen.passed else " (goal NOT met on held-out speech)"))
-
-
-def _condition(data: StreamData) -> str:
-    return getattr(data, "condition", "clean")

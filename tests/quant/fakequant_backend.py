@@ -154,7 +154,7 @@ class FakeQuantOptions(FakeQuantConfig):
 BACKEND = Backend(
     name="fakeq",
     description="Every op's values on a 2^bits grid (Q/DQ in ONNX, onnxruntime): a quantizer for the search's tests.",
-    precisions=(Precision("q", "coarse grid", Tolerance(min_sqnr_db=15.0), calibrated=True),),
+    precisions=(Precision("q", "coarse grid", Tolerance(min_sqnr_db=13.0), calibrated=True),),
     tools=("onnx", "onnxruntime"),
     lowering="tests.quant.fakequant_backend:lower",
     session="pipeline.backends.onnxruntime.session:OnnxRuntimeSession",

@@ -82,14 +82,14 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_search_keeps_what_breaks_the_stock_recipe_and_stops_when_the_bounds_hold(searched: dict) -> None:
     evaluations = searched["search"]["evaluations"]
     stock, chosen = evaluations[0], searched["search"]
-    assert stock["label"] == "stock" and not stock["passed"], "the 5-bit stock recipe must fail the 15 dB bound, or the test shows nothing"
+    assert stock["label"] == "stock" and not stock["passed"], "the 5-bit stock recipe must fail the 13 dB bound, or the test shows nothing"
     assert chosen["met"]
     assert evaluations[-1]["passed"] and all(not e["passed"] for e in evaluations[:-1]), "the search must stop at the first recipe that holds"
     recipe = json.loads((searched["built"][SEARCH].path / "recipe.json").read_text())
     assert recipe["source"] == "search" and "c_in" in recipe["keep_states"]  # the cell state's recurrence is what breaks first
     assert "state h_in" in chosen["effects"] and "not_applicable" in chosen["effects"]["state h_in"]  # h goes through a matmul
     # the chosen recipe's held-out figures are better than the stock one's, on the variant's own runtime
-    assert chosen["after"]["clean"]["sqnr_db"]["logits"] > 15.0 > chosen["before"]["clean"]["sqnr_db"]["logits"]
+    assert chosen["after"]["clean"]["sqnr_db"]["logits"] > 13.0 > chosen["before"]["clean"]["sqnr_db"]["logits"]
 
 
 def test_the_recipe_reaches_the_contract_the_verification_and_the_report(searched: dict) -> None:
@@ -116,7 +116,7 @@ def test_the_same_inputs_give_the_same_recipe(searched: dict, tmp_path: Path) ->
 
 
 def test_changing_a_bound_reruns_only_the_search_and_what_follows(searched: dict) -> None:
-    changed = {**searched["doc"], "tolerances": {"q": {"min_sqnr_db": 14.0}}}
+    changed = {**searched["doc"], "tolerances": {"q": {"min_sqnr_db": 12.0}}}
     _, hits, _ = build(changed, searched["tmp"], searched["tmp"] / "cache")
     rebuilt = sorted(n for n, hit in hits.items() if not hit)
     assert SEARCH in rebuilt and "verify:fakeq-q@20ms" in rebuilt and "report" in rebuilt
