@@ -305,10 +305,12 @@ class SearchStage(Stage):
 
         stage_config = quantizer.stage.Config.model_validate(config.stage_config)
         space = quantizer.space(config.precision)
-        recorded = load_calibration(inputs["calibration"].path)
-        count = len(next(iter(recorded.values())))
-        picks = np.linspace(0, count - 1, min(count, config.sensitivity_samples)).round().astype(int)
-        samples = [{name: values[k] for name, values in recorded.items()} for k in picks]
+        samples: list[dict] = []
+        if "calibration" in inputs:  # an uncalibrated precision (Core ML int8w) ranks its weights without them
+            recorded = load_calibration(inputs["calibration"].path)
+            count = len(next(iter(recorded.values())))
+            picks = np.linspace(0, count - 1, min(count, config.sensitivity_samples)).round().astype(int)
+            samples = [{name: values[k] for name, values in recorded.items()} for k in picks]
         started = time.perf_counter()
         sensitivity = quantizer.sensitivity(stage_config, inputs, samples) if space.ops else []
         sensitivity_seconds = time.perf_counter() - started

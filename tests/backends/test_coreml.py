@@ -2,7 +2,8 @@
 interpreter on its own state, the stateful model against the explicit-state one across a reset,
 the contract an iOS app reads, the errors for layers Core ML cannot take, and the stage's cache.
 
-One tiny target (a 1 x 32 LSTM, all five variants) is built once for the module over 25 s of speech.
+One tiny target (a 1 x 32 LSTM, all five variants, int8w and w8a8 with searched recipes) is built once for the
+module over 25 s of speech.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def manifest(tmp: Path, factory: str = "models.lstm_ctc:build", precisions: list
         "backends": {"coreml": precisions},
         "verification": {"corpus": str(CORPUS), "split": "verification", "max_seconds": 25},
         "calibration": {"corpus": str(CORPUS), "split": "calibration", "max_samples": 300},
+        # int8w and w8a8 are searched (nothing pinned): a few candidates, each streamed over a few seconds
+        "quantization": {"held_out_seconds": 6, "max_evaluations": 4},
         **extra,
     }
 
@@ -143,6 +146,7 @@ def test_cache_hits_and_a_weight_option_misses_only_the_weight_quantized_nodes(t
     assert all(hits.values()), hits
     _, hits, _ = build({**document, "coreml": {"weight_threshold": 0}}, tmp / "m.yaml", tmp / "cache")
     assert {n for n, hit in hits.items() if not hit} == {
+        "quant-search:coreml-int8w@20ms", "quant-search:coreml-w8a8@20ms",  # they build candidates with that threshold
         "coreml-int8w@20ms", "coreml-w8a8@20ms", "verify:coreml-int8w@20ms", "verify:coreml-w8a8@20ms",
         "verify-noisy:coreml-int8w@20ms", "verify-noisy:coreml-w8a8@20ms", "report",
     }
@@ -325,3 +329,120 @@ def test_state_range_guard_fails_a_state_whose_encoding_cannot_hold_its_input_an
     CoreMlStage.run(config, inputs, fixed, dag.StageContext("coreml-w8a8@20ms"))
     guard = json.loads((fixed / "guard.json").read_text())
     assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"], guard
+
+
+# the recipe search (issue 12): Core ML w8a8 keeps recurrences, ops' activations or the percentile calibration;
+# int8w keeps single weights. The tiny target above searches both (its manifest pins nothing).
+
+
+def test_the_search_picks_a_recipe_and_the_contract_carries_it(tiny_target: dict) -> None:
+    from pipeline.backends.coreml.interpreter import load_program
+
+    built = tiny_target["built"]
+    for precision, kept_at in (("w8a8", "float16 activations"), ("int8w", "float16 weights")):
+        artifact = built[f"coreml-{precision}@20ms"].path
+        quantization = read_contract(artifact).quantization
+        assert quantization is not None and quantization["source"] == "search", quantization
+        assert (quantization["precision"], quantization["kept_at"]) == (precision, kept_at), quantization
+        assert quantization["search"]["evaluations_run"] >= 1, quantization
+        assert json.loads((artifact / "ops.json").read_text())["recipe"] == quantization
+        search = json.loads((built[f"quant-search:coreml-{precision}@20ms"].path / "search.json").read_text())
+        recipe = json.loads((built[f"quant-search:coreml-{precision}@20ms"].path / "recipe.json").read_text())
+        assert {k: quantization[k] for k in recipe} == recipe
+        assert search["evaluations"][0]["label"] == "stock"
+        # what the search ranks and keeps are ops of the program the stage builds: names `apply` takes
+        names = {op.name for op in load_program(artifact / "model.mlpackage").functions["main"].operations}
+        if precision == "w8a8":
+            assert search["sensitivity"] and {f["node"] for f in search["sensitivity"]} <= names, search["sensitivity"][:3]
+        assert set(recipe["keep_ops"]) <= names, recipe
+        if recipe["keep_states"] or recipe["keep_ops"]:  # kept units are listed with the ops they keep
+            listing = json.loads((artifact / "ops.json").read_text())
+            assert listing["kept_fp16_activations" if precision == "w8a8" else "kept_fp16_weights"], listing
+
+
+def test_a_pinned_recurrence_plans_no_search_for_w8a8(tmp_path: Path) -> None:
+    document = manifest(tmp_path, precisions=["int8w", "w8a8"], coreml={"keep_float_states": {"w8a8": ["c_in"]}})
+    nodes = set(plan(load_manifest(write_manifest(tmp_path / "m.yaml", **document))).nodes)
+    assert "quant-search:coreml-w8a8@20ms" not in nodes and "coreml-w8a8@20ms" in nodes, sorted(nodes)
+    assert "quant-search:coreml-int8w@20ms" in nodes  # the pin is w8a8's only
+    document["quantization"] = {"search": False}
+    nodes = set(plan(load_manifest(write_manifest(tmp_path / "m.yaml", **document))).nodes)
+    assert not [n for n in nodes if n.startswith("quant-search:")], sorted(nodes)
+
+
+def _program_model(build, inputs: dict[str, tuple[int, ...]]):
+    """An ML Program (fp32) made from a MIL builder function, as coremltools saves it."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    from pipeline.backends.coreml.graph import quiet
+
+    specs = [mb.TensorSpec(shape=shape) for shape in inputs.values()]
+    program = mb.program(input_specs=specs, opset_version=ct.target.iOS17)(build)
+    with quiet():
+        return ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS17, skip_model_load=True)
+
+
+def test_the_percentile_method_clips_a_rare_outlier(tmp_path: Path) -> None:
+    from coremltools.converters.mil import Builder as mb
+
+    from pipeline.backends.coreml.interpreter import _BINS, MilInterpreter, activation_ranges
+
+    weight = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    model = _program_model(lambda x: mb.linear(x=x, weight=weight, name="proj"), {"x": (1, 16)})
+    model.save(str(tmp_path / "m.mlpackage"))
+    interpreter = MilInterpreter(tmp_path / "m.mlpackage")
+    (name,) = interpreter.inputs
+    values = np.random.default_rng(1).uniform(-1, 1, size=(2000, 1, 16)).astype(np.float32)
+    values[7, 0, 3] = 1000.0  # one value in 32000: beyond the 99.99th percentile
+    samples = [{name: v} for v in values]
+    minmax, percentile = activation_ranges(interpreter, samples), activation_ranges(interpreter, samples, "percentile")
+    assert minmax[name] == (float(values.min()), 1000.0)
+    assert percentile[name][1] < 1.0 + 1000.0 / _BINS and percentile[name][0] == minmax[name][0], percentile[name]
+    expected = np.percentile(np.abs(values), 99.99)
+    assert abs(percentile[name][1] - expected) <= 1000.0 / _BINS, (percentile[name], expected)
+    # the layer's output holds the spike in 4 of its 8000 values, more than 0.01 %: its range stays
+    assert percentile["proj"] == minmax["proj"]
+
+
+def test_the_sensitivity_ranks_a_wide_range_tensor_first() -> None:
+    """Two linear layers, one reading heavy-tailed values (small typically, rarely large: a cell state's shape), the
+    other uniform ones: the heavy-tailed one comes first, its 8-bit grid set by values most samples never reach."""
+    from coremltools.converters.mil import Builder as mb
+
+    from pipeline.backends.coreml.recipe import activation_sensitivity
+
+    rng = np.random.default_rng(0)
+    w_quiet, w_spiky = (rng.normal(size=(8, 16)).astype(np.float32) for _ in range(2))
+    model = _program_model(lambda q, s: (mb.linear(x=q, weight=w_quiet, name="quiet"), mb.linear(x=s, weight=w_spiky, name="spiky")), {"q": (1, 16), "s": (1, 16)})
+    names = [i.name for i in model.get_spec().description.input]
+    spiky = 0.1 * rng.standard_t(2, size=(64, 1, 16)).astype(np.float32)
+    samples = [{names[0]: rng.uniform(-1, 1, size=(1, 16)).astype(np.float32), names[1]: s} for s in spiky]
+    figures = activation_sensitivity(model, samples, bits=8)
+    assert figures[0]["node"] == "spiky" and figures[0]["tensor"] == names[1] and figures[0]["range_over_rms"] > 10, figures[0]
+    quiet = [f for f in figures if f["node"] == "quiet"]
+    assert quiet and min(f["sqnr_alone_db"] for f in quiet) > figures[0]["sqnr_alone_db"] + 10, (quiet, figures[0])
+    assert {"min", "max", "rms", "sqnr_alone_db", "tensor", "op"} <= figures[0].keys()
+
+
+def test_a_misspelt_kept_op_fails_naming_the_closest_op(tmp_path: Path) -> None:
+    """coremltools ignores op names it does not find: a pinned list that names no op would silently quantize it."""
+    from pipeline.errors import UserError
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(80, 8)
+
+        def forward(self, feats, h_in):
+            h_out = torch.tanh(self.proj(feats).mean(0, keepdim=True) + h_in)
+            return torch.cat([h_out, h_out]), h_out
+
+    source = _captured(tmp_path, Step())
+    out = tmp_path / "out"
+    out.mkdir()
+    config = CoreMlConfig(precision="int8w", variant="coreml-int8w@20ms", weight_threshold=0, keep_float_weights=("p_proj_weigth_to_fp16",))
+    with pytest.raises(UserError) as caught:
+        CoreMlStage.run(config, {"model": Artifact("trace", "k", source, "d")}, out, dag.StageContext("coreml-int8w@20ms"))
+    assert "keep_float_weights" in caught.value.message and "p_proj_weigth_to_fp16" in caught.value.message, caught.value
+    assert caught.value.hint == "did you mean 'p_proj_weight_to_fp16'?", caught.value.hint

@@ -48,8 +48,13 @@ def lower(lowering: "Lowering", precision: str) -> str:
         weight_threshold=options.weight_threshold if precision in ("int8w", "w8a8") else None,
         calibration_samples=options.calibration_samples if precision == "w8a8" else None,
         keep_float_states=options.keep_float_states.get(precision, ()),  # type: ignore[call-overload]
+        keep_fp16_ops=options.keep_fp16_ops.get(precision, ()),  # type: ignore[call-overload]
+        keep_float_weights=options.keep_float_weights.get(precision, ()),  # type: ignore[call-overload]
         fp32_spectrum=options.fp32_spectrum and precision != "fp32",
     )
+    recipe = lowering.search("coreml", precision, config, inputs)
+    if recipe is not None:
+        inputs += (("recipe", recipe),)
     return lowering.add(Node(f"coreml-{precision}{suffix}", CoreMlStage, config, inputs))
 
 
@@ -69,4 +74,5 @@ BACKEND = Backend(
     options=CoreMlOptions,
     device_latency=False,  # on Linux the MIL reference interpreter runs it; on macOS the session says so itself
     runtime_label="MIL reference interpreter (numpy), not Apple's kernels",
+    quantizer="pipeline.backends.coreml.recipe:QUANTIZER",
 )

@@ -37,6 +37,7 @@ OPS_FILE = "ops.json"
 CHECK_FILE = "check.json"
 # largest error of an output, as a fraction of max(1, largest |PyTorch value|), a float model may show in one call
 # (each call from PyTorch's state); quantized models are verify's to judge over real speech
+QUANTIZED = ("int8w", "w8a8")  # the precisions a recipe applies to
 FLOAT_BOUNDS = {"fp32": 1e-4, "fp16": 3e-2, "stateful": 3e-2}
 
 
@@ -48,6 +49,13 @@ class CoreMlConfig(StageConfig):
     weight_threshold: int | None = Field(None, ge=0, description="int8w/w8a8: weights with fewer elements stay float (None: not quantized).")
     calibration_samples: int | None = Field(None, gt=0, description="w8a8: recorded pairs the activation ranges come from; None: all.")
     keep_float_states: tuple[str, ...] = Field((), description="w8a8: state inputs whose recurrence keeps fp16 activations.")
+    keep_fp16_ops: tuple[str, ...] = Field((), description="w8a8: MIL op names whose activations stay fp16 (their inputs and output unquantized).")
+    keep_float_weights: tuple[str, ...] = Field(
+        (), description="int8w/w8a8: MIL op names of weight consts (or of the ops reading them) whose weights stay fp16."
+    )
+    calibration_method: Literal["minmax", "percentile"] = Field(
+        "minmax", description="w8a8: activation ranges from min/max, or clipped to the 99.99th percentile of |x|, on the recorded pairs."
+    )
     fp32_spectrum: bool = Field(True, description="fp16-compute variants of a raw-PCM model: the ops from the PCM input to each log stay fp32.")
     check_steps: int = Field(64, gt=0, description="Calls compared against PyTorch to check the conversion and its bindings.")
 
@@ -70,9 +78,9 @@ def quantize_weights(model, threshold: int, keep: tuple[str, ...] = ()):
     return cto.coreml.linear_quantize_weights(model, config)
 
 
-def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]], keep: tuple[str, ...]):
-    """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs;
-    the ops named in `keep` keep fp16 activations."""
+def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarray]], keep: tuple[str, ...], method: str = "minmax"):
+    """int8 activations with ranges measured by the MIL interpreter on the recorded (chunk, state) pairs (`method`:
+    see `interpreter.activation_ranges`); the ops named in `keep` keep fp16 activations."""
     import coremltools.optimize as cto
 
     from pipeline.backends.coreml.activations import quantize_activations as quantize
@@ -80,7 +88,7 @@ def quantize_activations(model, workdir: Path, samples: list[dict[str, np.ndarra
 
     staged = workdir / "float.mlpackage"
     model.save(str(staged))
-    ranges = activation_ranges(MilInterpreter(staged), samples)
+    ranges = activation_ranges(MilInterpreter(staged), samples, method)
     config = cto.coreml.OptimizationConfig(
         global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
         op_name_configs=dict.fromkeys(keep),  # None: leave the op's activations alone
@@ -96,6 +104,30 @@ def kept_in_fp16(model, spec, states: tuple[str, ...], variant: str, where: str)
 
     program = model._mil_program
     return tuple(dict.fromkeys(recurrence_ops(program, spec, states, variant, where) + tuple(outputs_read_inside(program))))
+
+
+def check_hand_lists(config: CoreMlConfig, model, variant: str, where: str) -> None:
+    """The keep lists name ops of this program, at a precision they change: coremltools ignores a name it does not
+    find, so a misspelt (or renamed) op would silently quantize what it was meant to keep."""
+    import difflib
+
+    applies = {"keep_float_states": ("w8a8",), "keep_fp16_ops": ("w8a8",), "keep_float_weights": ("int8w", "w8a8")}
+    for field, precisions in applies.items():
+        if getattr(config, field) and config.precision not in precisions:
+            raise UserError(f"{variant}: {field} applies to {'/'.join(precisions)} only, not {config.precision}", where=where)
+    if config.calibration_method != "minmax" and config.precision != "w8a8":
+        raise UserError(f"{variant}: calibration_method {config.calibration_method!r} applies to w8a8 only (weights are not calibrated)", where=where)
+    operations = list(model._mil_program.functions["main"].operations)
+    names = {"keep_fp16_ops": [op.name for op in operations if op.op_type != "const"], "keep_float_weights": [op.name for op in operations]}
+    for field, known in names.items():
+        for name in getattr(config, field):
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise UserError(
+                    f"{variant}: {field} names {name!r}, which is no op of the converted program",
+                    where=where,
+                    hint=f"did you mean {close[0]!r}?" if close else "op names are the MIL program's (see the search's search.json)",
+                )
 
 
 def make_reproducible(package: Path) -> None:
@@ -154,7 +186,7 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "5"  # 5: guard.json, the state-range guard
+    version = "6"  # 5: guard.json, the state-range guard; 6: the recipe (contract `quantization`, ops.json)
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 
@@ -164,13 +196,17 @@ class CoreMlStage(Stage):
 
         from pipeline.backends import get_backend
         from pipeline.backends.coreml.graph import convert, quiet
+        from pipeline.backends.coreml.recipe import QUANTIZER
         from pipeline.export.session import TorchSession
+        from pipeline.quant.quantizer import with_recipe
         from pipeline.verify.bindcheck import check_reproduces
         from pipeline.verify.records import load_calibration
 
         source = inputs["model"].path
         contract = read_contract(source)
         spec = contract.stream
+        quantized = config.precision in QUANTIZED
+        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision) if quantized else (config, None)
         variant = config.variant or f"coreml-{config.precision}@{format_ms(spec.chunk_ms)}ms"
         where, stateful = ctx.node_id, config.precision == "stateful"
         if config.precision == "w8a8" and "calibration" not in inputs:
@@ -181,17 +217,19 @@ class CoreMlStage(Stage):
         started, keep = time.perf_counter(), ()
         converted = convert(source, contract, config.precision, config.deployment_target, variant, where, config.fp32_spectrum)
         model, route = converted.model, converted.route
+        check_hand_lists(config, model, variant, where)
         recorded = load_calibration(inputs["calibration"].path) if "calibration" in inputs else None
         workdir = Path(tempfile.mkdtemp(prefix="speechport-coreml-"))
         try:
             with quiet():
                 if config.precision == "w8a8":
                     # the fp32 spectrum stays unquantized too: coremltools quantizes fp16 activations only
-                    keep = converted.kept_fp32 + kept_in_fp16(model, spec, config.keep_float_states, variant, where)
-                    model = quantize_activations(model, workdir, _samples(recorded, spec.input_names, config.calibration_samples), keep)
-                if config.precision in ("int8w", "w8a8"):
+                    keep = tuple(dict.fromkeys(converted.kept_fp32 + kept_in_fp16(model, spec, config.keep_float_states, variant, where) + config.keep_fp16_ops))
+                    samples = _samples(recorded, spec.input_names, config.calibration_samples)
+                    model = quantize_activations(model, workdir, samples, keep, config.calibration_method)
+                if quantized:
                     threshold = 2048 if config.weight_threshold is None else config.weight_threshold
-                    model = quantize_weights(model, threshold, converted.kept_fp32)
+                    model = quantize_weights(model, threshold, tuple(dict.fromkeys(converted.kept_fp32 + config.keep_float_weights)))
             model.short_description = f"{contract.target}: {contract.model}, {config.precision}, streaming {format_ms(spec.chunk_ms)} ms chunks"
             model.user_defined_metadata.update({"speechport.target": contract.target, "speechport.precision": config.precision})
             model.save(str(workdir / ARTIFACT))
@@ -208,6 +246,8 @@ class CoreMlStage(Stage):
             "histogram": dict(sorted(Counter(ops).items())),
             "kept_fp32": list(converted.kept_fp32),
             "kept_fp16_activations": list(keep),
+            "kept_fp16_weights": list(config.keep_float_weights),
+            "recipe": recipe,
         }
         (out / OPS_FILE).write_text(json.dumps(listing, indent=1) + "\n")
         update = {
@@ -216,6 +256,7 @@ class CoreMlStage(Stage):
             "artifact": ARTIFACT,
             "bindings": coreml_bindings(model, contract, stateful, variant),
             "state_in_model": stateful,
+            "quantization": recipe,
             "runtime": {"compute_units": config.compute_units, "minimum_deployment_target": config.deployment_target},
         }
         if stateful:

@@ -165,14 +165,24 @@ class MilInterpreter:
         return buffer
 
 
-def activation_ranges(interpreter: MilInterpreter,
-                      samples: Iterable[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+CALIBRATION_METHODS = ("minmax", "percentile")
+PERCENTILE = 99.99  # of |x|: what the percentile method lets set a tensor's 8-bit range
+_BINS = 4096  # histogram of |x| over [0, max |x|] the percentile is read from
+
+
+def activation_ranges(interpreter: MilInterpreter, samples: Iterable[dict[str, np.ndarray]],
+                      method: str = "minmax") -> dict[str, tuple[float, float]]:
     """(min, max) of every float function input and op output over all `samples`.
 
     Each sample is one full set of feeds (explicit-state programs; states, if any, start
     from zeros for every sample). These are the statistics coremltools' activation
     quantization gathers with `predict()`; see `activations.quantize_activations`.
+    `method="percentile"`: each range is clipped to [-p, p], p the 99.99th percentile of |x|
+    over every sample, so a rare outlier no longer sets the step every typical value is rounded to.
     """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r}: expected one of {CALIBRATION_METHODS}")
+    samples = list(samples)
     ranges: dict[str, tuple[float, float]] = {}
 
     def observe(name: str, value: np.ndarray) -> None:
@@ -185,7 +195,31 @@ def activation_ranges(interpreter: MilInterpreter,
 
     for sample in samples:
         interpreter.run(sample, interpreter.make_state() if interpreter.states else None, observe=observe)
-    return ranges
+    return ranges if method == "minmax" else _percentile_ranges(interpreter, samples, ranges)
+
+
+def _percentile_ranges(interpreter: MilInterpreter, samples: list[dict[str, np.ndarray]],
+                       ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """A second pass: the histogram of |x| per tensor over [0, its max |x|] (deterministic, and bounded in
+    memory whatever the number of samples), the percentile read off as the upper edge of its bin."""
+    peaks = {name: max(abs(low), abs(high)) for name, (low, high) in ranges.items()}
+    counts = {name: np.zeros(_BINS, np.int64) for name, peak in peaks.items() if peak > 0 and np.isfinite(peak)}
+
+    def observe(name: str, value: np.ndarray) -> None:
+        if name in counts:
+            bins = np.abs(value.astype(np.float32)).ravel() * np.float32(_BINS / peaks[name])
+            counts[name] += np.bincount(np.minimum(bins.astype(np.int64), _BINS - 1), minlength=_BINS)
+
+    for sample in samples:
+        interpreter.run(sample, interpreter.make_state() if interpreter.states else None, observe=observe)
+    clipped = dict(ranges)
+    for name, histogram in counts.items():
+        cumulative = np.cumsum(histogram)
+        k = int(np.searchsorted(cumulative, cumulative[-1] * PERCENTILE / 100.0))
+        p = peaks[name] * min(k + 1, _BINS) / _BINS
+        low, high = ranges[name]
+        clipped[name] = (max(low, -p), min(high, p))
+    return clipped
 
 
 def load_program(mlpackage: Path) -> Any:

@@ -29,6 +29,15 @@ class CoreMlOptions(BaseModel):
         "from the state input to its state output, and every op reading such a value (found in the converted program "
         "by structure, so it holds at any chunk length).",
     )
+    keep_fp16_ops: dict[Literal["w8a8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="w8a8 only: MIL op names (as the search's search.json lists them) whose activations stay fp16. "
+        "Any of the keep lists pins the variant's recipe: no search runs for it.",
+    )
+    keep_float_weights: dict[Literal["int8w", "w8a8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="int8w and w8a8: MIL op names of weight consts (or of the ops reading them) whose weights stay fp16.",
+    )
     fp32_spectrum: bool = Field(
         True,
         description="Raw-PCM models: in the fp16-compute variants, the ops on a path from the PCM input to each log (the "
