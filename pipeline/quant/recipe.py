@@ -66,5 +66,5 @@ def recipe_record(recipe: Recipe, search: dict[str, Any], precision: str, higher
     """What the contract and the report carry about a quantized variant's recipe."""
     record: dict[str, Any] = {"precision": precision, "kept_at": higher, **recipe.model_dump()}
     if search:
-        record["search"] = {k: search[k] for k in ("goal", "met", "evaluations_run", "held_out", "before", "after", "cost") if k in search}
+        record["search"] = {k: search[k] for k in ("goal", "met", "evaluations_run", "held_out", "before", "after", "confirmed", "cost") if k in search}
     return record
