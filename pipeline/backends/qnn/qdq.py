@@ -83,7 +83,13 @@ def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges
             first, *rest = overrides.get(name) or [{}]
             if "scale" in first:  # an encoding QNN fixes (a 16-bit Sigmoid/Tanh output) already spans the op's whole range
                 continue
-            overrides[name] = [{**first, "rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}, *rest]
+            bounds = {"rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}
+            entry = {**first, **bounds}
+            if "convert" in entry and "scale" not in entry["convert"]:
+                # a state output made inside a 16-bit island leaves through the island's convert to 8 bits: that
+                # encoding is the one fed back, so it gets the pair's range too
+                entry["convert"] = {**entry["convert"], **bounds}
+            overrides[name] = [entry, *rest]
 
 
 def representable(q: Quantization) -> tuple[float, float]:
