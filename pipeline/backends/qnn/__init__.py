@@ -6,7 +6,9 @@
 
 Verified on the HTP simulator the onnxruntime-qnn wheel ships (no proxy: onnxruntime's CPU
 execution provider running the same QDQ graph drifts away from HTP over a stream; its agreement
-with the simulator is reported as a figure of its own). Simulator latency is no device's.
+with the simulator is reported as a figure of its own). Simulator latency is no device's. The recipe
+search (recipe.py) ranks its candidates on the CPU EP, for speed, and accepts a recipe only once the
+simulator confirms it.
 """
 
 from __future__ import annotations
