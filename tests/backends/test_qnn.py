@@ -387,7 +387,7 @@ def run_search(tiny_target: dict, out: Path, precision: str = "a8w8", **update) 
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_carries_it(tiny_target: dict, precision: str) -> None:
+def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_carries_it(tiny_target: dict, precision: str, tmp_path: Path) -> None:
     graph, built = tiny_target["graph"], tiny_target["built"]
     node = f"quant-search:qnn-{precision}@20ms"
     assert ("recipe", node) in graph.nodes[f"qnn-qdq-{precision}@20ms"].inputs
@@ -416,6 +416,10 @@ def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_c
     assert q["search"]["confirmed"] == confirmed and q["search"]["met"] == search["met"]
     sixteen = [name for name in q["keep_states"] if contract.bindings[name].dtype == "uint16"]
     assert sixteen == q["keep_states"]  # a kept state is a 16-bit island with 16-bit I/O
+    # deterministic, confirmation included (wall clock goes to timings.json): the same inputs, the same artifact
+    again, _ = run_search(tiny_target, tmp_path / "again", precision)
+    assert (tmp_path / "again" / "search.json").read_bytes() == (built[node].path / "search.json").read_bytes()
+    assert json.loads((built[node].path / "timings.json").read_text())["confirmation_seconds"]
 
 
 def test_percentile_calibration_gives_other_activation_encodings_but_keeps_the_state_ranges(tiny_target: dict, tmp_path: Path) -> None:
