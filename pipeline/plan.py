@@ -77,7 +77,7 @@ class PlanContext:
             for condition in ("clean", "noisy")
         )
 
-    def search(self, chunk: ChunkLength, traced: str, backend_name: str, precision: str, config, inputs: tuple) -> str | None:
+    def search(self, chunk: ChunkLength, traced: str, backend_name: str, precision: str, config, inputs: tuple, confirm: dict | None = None) -> str | None:
         """The recipe search of one quantized variant, unless the manifest pins its recipe or turns the search off."""
         from pipeline.quant.search import SearchConfig, SearchStage
 
@@ -100,6 +100,9 @@ class PlanContext:
             margin=q.margin,
             max_evaluations=q.max_evaluations,
             max_ops=q.max_ops,
+            confirm_seconds=q.confirm_seconds,
+            max_confirmations=q.max_confirmations,
+            confirm=confirm or {},
         )
         self.searched.add(name)
         return self.add(Node(f"quant-search:{name}", SearchStage, search, (*inputs, ("torch", traced))))
@@ -157,7 +160,7 @@ def plan(manifest: Manifest) -> Graph:
                 options=manifest.backend_options(backend_name),
                 add=ctx.add,
                 calibration=lambda chunk=chunk, traced=traced: ctx.calibration(chunk, traced),
-                search=lambda b, p, config, inputs, chunk=chunk, traced=traced: ctx.search(chunk, traced, b, p, config, inputs),
+                search=lambda b, p, config, inputs, confirm=None, chunk=chunk, traced=traced: ctx.search(chunk, traced, b, p, config, inputs, confirm),
             )
             for precision in precisions:
                 artifact = backend.lower(lowering, precision)

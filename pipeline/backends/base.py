@@ -43,9 +43,10 @@ class Lowering:
     options: Any  # the backend's options from the manifest (its `options` model), or None
     add: Callable[["Node"], str]  # add a node (once per id); returns its id
     calibration: Callable[[], str]  # the shared node recording real (chunk, state) pairs at this chunk length
-    # (backend, precision, the quantize stage's config, its inputs) -> the node id of the recipe search for that variant,
-    # or None where the manifest pins the recipe, turns the search off, or the precision has nothing to search
-    search: Callable[[str, str, Any, tuple[tuple[str, str], ...]], str | None] = lambda backend, precision, config, inputs: None
+    # (backend, precision, the quantize stage's config, its inputs, the options of the runtime a proxy-searched recipe is
+    # confirmed on) -> the node id of the recipe search for that variant, or None where the manifest pins the recipe,
+    # turns the search off, or the precision has nothing to search
+    search: Callable[..., str | None] = lambda backend, precision, config, inputs, confirm=None: None
 
 
 def _load(path: str) -> Any:

@@ -33,3 +33,12 @@ class QuantizationOptions(Strict):
     held_out_seconds: float | None = Field(
         None, gt=0, description="Held-out audio streamed per condition and candidate (None: all of it, ~23 s of the bundled split)."
     )
+    confirm_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Where a backend searches on a proxy runtime (QNN: onnxruntime's CPU EP for the HTP simulator), the "
+        "held-out audio per condition the chosen recipe is confirmed on in the backend's own runtime (None: all of it).",
+    )
+    max_confirmations: int = Field(
+        3, ge=1, description="Most chosen candidates confirmed on the backend's own runtime (one that fails there sends the search on)."
+    )

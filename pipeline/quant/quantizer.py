@@ -59,6 +59,15 @@ class Quantizer:
         """The runtime a candidate is streamed on."""
         raise NotImplementedError
 
+    # what `confirm_session` runs, for the record; "" when `session` already is the backend's own runtime
+    confirm_runtime: ClassVar[str] = ""
+
+    def confirm_session(self, artifact_dir: Path, options: dict[str, Any]):
+        """Where `session` is a proxy (a faster runtime running the same file), the backend's own runtime: the chosen
+        candidate is streamed on it too and accepted only if it holds there. `options` are the lowering's
+        (`Lowering.search`'s `confirm`), e.g. the SoC verification streams on. Only called when `confirm_runtime` is set."""
+        raise NotImplementedError
+
     def recipe_of(self, config: StageConfig) -> Recipe:
         """The recipe a config carries by itself: its hand lists (a pin), or nothing (stock)."""
         raise NotImplementedError

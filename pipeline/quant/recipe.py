@@ -72,7 +72,11 @@ def recipe_record(recipe: Recipe, search: dict[str, Any], precision: str, higher
     """What the contract and the report carry about a quantized variant's recipe."""
     record: dict[str, Any] = {"precision": precision, "kept_at": higher, **recipe.model_dump()}
     if search:
-        record["search"] = {k: search[k] for k in ("goal", "searched_to", "met", "evaluations_run", "held_out", "before", "after", "cost", "effects") if k in search}
+        record["search"] = {
+            k: search[k]
+            for k in ("goal", "searched_to", "met", "evaluations_run", "held_out", "before", "after", "confirmed", "confirmation", "cost", "effects")
+            if k in search
+        }
         # the tensors their own grid damages most, for the report's plot (the whole table stays in the search artifact)
         record["sensitivity"] = [{k: f[k] for k in ("node", "op", "min", "max", "rms", "sqnr_alone_db")} for f in search.get("sensitivity", [])[:20]]
     return record

@@ -11,7 +11,13 @@ over them (by default CER within 1 point of PyTorch's transcript, decisions agre
        values their own grid damages most, from `sensitivity`) kept at higher precision alone,
        streamed: its effect on the streamed metric;
     3. greedy: add units in the order of that effect, keeping each one that improves the metric,
-       until the goal holds, then stop; then the other calibration methods the backend takes.
+       until the goal holds, then stop; then the other calibration methods the backend takes;
+    4. where the backend searches on a proxy runtime (`Quantizer.confirm_runtime`: QNN streams
+       candidates on onnxruntime's CPU EP, its own runtime being the much slower HTP simulator), the
+       chosen candidate is streamed on the backend's own runtime too, over the held-out conditions
+       cut to `confirm_seconds`, against the same bounds. A proxy drifts differently over a stream,
+       so a candidate that misses there counts as failing and the search goes on from where it was
+       (its streamed evaluations are replayed, not rebuilt), up to `max_confirmations`.
 
 Deterministic (ordered candidates, seeded data, single-threaded runtimes), so the same inputs give
 the same recipe, cached like any artifact. `recipe.json` holds the choice, `search.json` every
@@ -36,7 +42,7 @@ from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.errors import UserError
+from pipeline.errors import InternalError, UserError
 from pipeline.quant.recipe import RECIPE_FILE, SEARCH_FILE, Recipe, Unit
 from pipeline.verify.gates import Tolerance, judge
 
@@ -57,6 +63,9 @@ class SearchConfig(StageConfig):
     max_evaluations: int = Field(16, ge=1, description="Most candidate recipes built and streamed.")
     max_ops: int = Field(6, ge=0, description="Ops from the sensitivity ranking whose streamed effect is measured.")
     sensitivity_samples: int = Field(256, gt=0, description="Recorded pairs the per-tensor figures are measured on.")
+    confirm_seconds: float | None = Field(None, gt=0, description="Held-out audio per condition the chosen candidate is confirmed on (None: all).")
+    max_confirmations: int = Field(3, ge=1, description="Most chosen candidates confirmed on the backend's own runtime.")
+    confirm: dict[str, Any] = Field(default_factory=dict, description="The lowering's options for the confirming runtime (e.g. the SoC).")
 
 
 @dataclass
@@ -69,6 +78,9 @@ class Evaluation:
     size_bytes: int
     seconds: float
     label: str = ""
+    artifact_dir: Path | None = None  # kept until the search ends where a candidate may be confirmed
+    confirmed: dict[str, Any] | None = None  # its figures on the backend's own runtime
+    confirm_seconds: float | None = None  # wall clock: timings.json, not search.json (the artifact stays deterministic)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -79,6 +91,7 @@ class Evaluation:
             "size_bytes": self.size_bytes,
             "conditions": self.conditions,
             "failures": self.failures,
+            **({"confirmed": self.confirmed} if self.confirmed is not None else {}),
         }
 
 
@@ -117,8 +130,14 @@ class _Search:
     held: list[_Held]
     scratch: Path
     stage_config: Any
+    confirm_held: list[_Held] = field(default_factory=list)  # the held-out conditions, cut to `confirm_seconds`
     evaluations: list[Evaluation] = field(default_factory=list)
     seen: dict[str, Evaluation] = field(default_factory=dict)
+    confirmations: int = 0
+
+    @property
+    def confirming(self) -> bool:
+        return bool(self.quantizer.confirm_runtime)
 
     @property
     def closed_loop(self) -> Tolerance:
@@ -138,8 +157,6 @@ class _Search:
         return sum(1 for e in self.evaluations if math.isfinite(e.score)) >= self.config.max_evaluations
 
     def evaluate(self, recipe: Recipe, label: str) -> Evaluation:
-        from pipeline.verify.stage import closed_loop_figures
-
         key = recipe.model_dump_json()
         if key in self.seen:
             return self.seen[key]
@@ -159,22 +176,7 @@ class _Search:
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
-        session = self.quantizer.session(out)
-        conditions, failures, score = {}, [], 0.0
-        for held in self.held:
-            outputs, _ = session.stream(held.stream.chunks)
-            steps = len(held.stream.chunks)
-            metrics, extra, _record = closed_loop_figures(session.spec, held.stream, held.reference, outputs, held.transcript, steps)
-            for m in metrics.values():  # no teacher-forced calls in the search (their bounds are off): the closed loop is judged
-                m["one_step_max_abs"], m["one_step_reference_max_abs"] = 0.0, 1.0
-            found = judge(metrics, {}, self.closed_loop, extra)
-            failures += [f"{held.name}: {f}" for f in found]
-            score += shortfall(metrics, extra, self.closed_loop)
-            conditions[held.name] = {
-                **{k: v for k, v in extra.items() if isinstance(v, (int, float))},
-                "sqnr_db": {name: m["sqnr_db"] for name, m in metrics.items()},
-                "passed": not found,
-            }
+        conditions, failures, score = self.stream(self.quantizer.session(out), self.held)
         contract = read_contract(out)
         evaluation = Evaluation(
             recipe=recipe,
@@ -185,16 +187,86 @@ class _Search:
             size_bytes=artifact_bytes(out / contract.artifact),
             seconds=time.perf_counter() - started,
             label=label,
+            artifact_dir=out if self.confirming else None,
         )
-        shutil.rmtree(out, ignore_errors=True)
+        if not self.confirming:
+            shutil.rmtree(out, ignore_errors=True)
         self.evaluations.append(evaluation)
         self.seen[key] = evaluation
         self.ctx.log(
             f"{self.config.variant}: [{len(self.evaluations)}] {label}: "
             + ", ".join(f"{name} {_headline(c)}" for name, c in conditions.items())
-            + (" - meets the goal" if evaluation.passed else "")
+            + (" - meets the goal" + (f" (to be confirmed on {self.quantizer.confirm_runtime})" if self.confirming else "") if evaluation.passed else "")
         )
         return evaluation
+
+    def stream(self, session: Any, held: list[_Held]) -> tuple[dict[str, dict], list[str], float]:
+        """Each held-out condition streamed on `session`, on its own state, judged by the closed-loop bounds."""
+        from pipeline.verify.stage import closed_loop_figures
+
+        conditions, failures, score = {}, [], 0.0
+        for h in held:
+            outputs, _ = session.stream(h.stream.chunks)
+            steps = len(h.stream.chunks)
+            metrics, extra, _record = closed_loop_figures(session.spec, h.stream, h.reference, outputs, h.transcript, steps)
+            for m in metrics.values():  # no teacher-forced calls in the search (their bounds are off): the closed loop is judged
+                m["one_step_max_abs"], m["one_step_reference_max_abs"] = 0.0, 1.0
+            found = judge(metrics, {}, self.closed_loop, extra)
+            failures += [f"{h.name}: {f}" for f in found]
+            score += shortfall(metrics, extra, self.closed_loop)
+            conditions[h.name] = {
+                **{k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                "sqnr_db": {name: m["sqnr_db"] for name, m in metrics.items()},
+                "passed": not found,
+            }
+        return conditions, failures, score
+
+    def confirm(self, evaluation: Evaluation) -> None:
+        """Stream the candidate on the backend's own runtime; one that misses the bounds there no longer passes."""
+        if evaluation.artifact_dir is None:
+            raise InternalError(f"{self.config.variant}: candidate {evaluation.label!r} was not kept for confirmation")
+        started = time.perf_counter()
+        runtime = self.quantizer.confirm_runtime
+        session = self.quantizer.confirm_session(evaluation.artifact_dir, self.config.confirm)
+        conditions, failures, score = self.stream(session, self.confirm_held)
+        self.confirmations += 1
+        evaluation.confirmed = {
+            "runtime": runtime,
+            "passed": not failures,
+            "score": score,
+            "conditions": conditions,
+            "failures": failures,
+        }
+        evaluation.confirm_seconds = time.perf_counter() - started
+        verdict = "holds there" if not failures else "misses the goal there" + (", the search goes on" if evaluation.passed else "")
+        self.ctx.log(
+            f"{self.config.variant}: confirmed {evaluation.label} on {runtime}: "
+            + ", ".join(f"{name} {_headline(c)}" for name, c in conditions.items())
+            + f" - {verdict}"
+        )
+        if failures and evaluation.passed:
+            evaluation.passed = False
+            evaluation.failures = [f"on {runtime}: {f}" for f in failures]
+
+    def accepted(self, evaluation: Evaluation) -> bool:
+        """It meets the goal: streamed on the search runtime and, where that is a proxy, confirmed on the backend's own."""
+        return evaluation.passed and (not self.confirming or bool(evaluation.confirmed and evaluation.confirmed["passed"]))
+
+
+def confirmed_search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple[str, ...]) -> tuple[Evaluation, dict[str, dict]]:
+    """`search`, then (where the search runtime is a proxy) the chosen candidate confirmed on the backend's own runtime;
+    one that misses there now fails, and the search is run again: the evaluations it streamed are replayed from
+    `seen`, so it goes on from that candidate with new units. Ends at a confirmed candidate, a candidate that fails
+    on the proxy too (reported unmet, its figures on the backend's runtime recorded all the same), or
+    `max_confirmations`."""
+    while True:
+        chosen, effects = search(s, states, ranked_ops, methods)
+        if not s.confirming or chosen.confirmed is not None or s.confirmations >= s.config.max_confirmations:
+            return chosen, effects
+        proxy_passed = chosen.passed
+        s.confirm(chosen)
+        if chosen.passed or not proxy_passed:
+            return chosen, effects
 
 
 def _headline(condition: dict) -> str:
@@ -265,7 +337,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "4"
+    version = "5"
     tools = ("numpy", "torch")
     Config = SearchConfig
 
@@ -277,7 +349,6 @@ class SearchStage(Stage):
 
     @classmethod
     def run(cls, config: SearchConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
-        from pipeline.audio.stream import speech_stream
         from pipeline.backends import get_backend
         from pipeline.export.session import TorchSession
         from pipeline.verify.records import load_calibration
@@ -290,18 +361,10 @@ class SearchStage(Stage):
         )
         reference = TorchSession(torch_dir)
         spec = reference.spec
-        held = []
-        for data in config.data:
-            stream = speech_stream(data, spec)
-            outputs, _ = reference.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch ({data.condition})")
-            transcript = None
-            ctc = [o for o in spec.outputs if o.kind == "ctc_logits"]
-            if ctc and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
-                from pipeline.audio.ctc import ctc_greedy
-                from pipeline.verify.metrics import per_frame
-
-                transcript = ctc_greedy(per_frame(outputs[ctc[0].name], ctc[0].time_axis), spec.decoder.vocabulary, spec.decoder.blank)
-            held.append(_Held(data.condition, stream, outputs, transcript))
+        held = [_held(data, reference, ctx) for data in config.data]
+        confirm_held = held
+        if quantizer.confirm_runtime and config.confirm_seconds is not None:  # the confirming runtime is the slow one
+            confirm_held = [_held(_shorter(data, config.confirm_seconds), reference, ctx) for data in config.data]
 
         stage_config = quantizer.stage.Config.model_validate(config.stage_config)
         space = quantizer.space(config.precision)
@@ -320,29 +383,70 @@ class SearchStage(Stage):
 
         scratch = Path(tempfile.mkdtemp(prefix="speechport-search-"))
         try:
-            state = _Search(config, inputs, ctx, quantizer, tolerance, held, scratch, stage_config)
-            chosen, effects = search(state, states, ranked_ops, space.methods)
+            state = _Search(config, inputs, ctx, quantizer, tolerance, held, scratch, stage_config, confirm_held)
+            chosen, effects = confirmed_search(state, states, ranked_ops, space.methods)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         stock = state.evaluations[0]
         recipe = chosen.recipe.model_copy(update={"source": "search"})
         (out / RECIPE_FILE).write_text(recipe.model_dump_json(indent=1) + "\n")
+        confirmation = {
+            "runtime": quantizer.confirm_runtime,
+            "held_out": {h.name: {"seconds": h.stream.seconds, "steps": len(h.stream.chunks)} for h in confirm_held},
+            "confirmations_run": state.confirmations,
+        }
         summary = {
             "variant": config.variant,
             "goal": tolerance.model_dump(exclude_none=True, include=GOAL_FIGURES),
             "searched_to": state.closed_loop.model_dump(exclude_none=True, include=GOAL_FIGURES),
-            "met": chosen.passed,
+            "met": state.accepted(chosen),
             "kept_at": quantizer.higher(config.precision),
             "held_out": {h.name: {"seconds": h.stream.seconds, "steps": len(h.stream.chunks)} for h in held},
             "evaluations_run": len(state.evaluations),
             "before": stock.conditions,
             "after": chosen.conditions,
+            **({"confirmed": chosen.confirmed} if chosen.confirmed is not None else {}),
+            **({"confirmation": confirmation} if state.confirming else {}),
             "cost": {"size_bytes": chosen.size_bytes - stock.size_bytes, "stock_size_bytes": stock.size_bytes},
             "effects": effects,
             "sensitivity": sensitivity,
             "evaluations": [e.record() for e in state.evaluations],
         }
         (out / SEARCH_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        timings = {"sensitivity_seconds": sensitivity_seconds, "evaluation_seconds": [e.seconds for e in state.evaluations]}
+        timings = {
+            "sensitivity_seconds": sensitivity_seconds,
+            "evaluation_seconds": [e.seconds for e in state.evaluations],
+            "confirmation_seconds": [e.confirm_seconds for e in state.evaluations if e.confirm_seconds is not None],
+        }
         (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=1) + "\n")
-        ctx.log(f"{config.variant}: {recipe.describe()} after {len(state.evaluations)} evaluations" + ("" if chosen.passed else " (goal NOT met on held-out speech)"))
+        runtime = quantizer.confirm_runtime
+        if state.accepted(chosen):
+            note = f", confirmed on {runtime}" if state.confirming else ""
+        elif chosen.confirmed is not None and not chosen.confirmed["passed"]:
+            note = f" (goal NOT met on held-out speech on {runtime})"
+        elif chosen.passed:
+            note = f" (goal NOT met: not confirmed on {runtime}, {state.confirmations} confirmations run)"
+        else:
+            note = " (goal NOT met on held-out speech)"
+        ctx.log(f"{config.variant}: {recipe.describe()} after {len(state.evaluations)} evaluations{note}")
+
+
+def _held(data: StreamData, reference: Any, ctx: StageContext) -> _Held:
+    """One held-out condition: its stream, PyTorch's outputs on it and PyTorch's transcript (CTC models)."""
+    from pipeline.audio.stream import speech_stream
+
+    spec = reference.spec
+    stream = speech_stream(data, spec)
+    outputs, _ = reference.stream(stream.chunks, ctx.progress, f"{ctx.node_id}: torch ({data.condition})")
+    transcript = None
+    ctc = [o for o in spec.outputs if o.kind == "ctc_logits"]
+    if ctc and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
+        from pipeline.audio.ctc import ctc_greedy
+        from pipeline.verify.metrics import per_frame
+
+        transcript = ctc_greedy(per_frame(outputs[ctc[0].name], ctc[0].time_axis), spec.decoder.vocabulary, spec.decoder.blank)
+    return _Held(data.condition, stream, outputs, transcript)
+
+
+def _shorter(data: StreamData, seconds: float) -> StreamData:
+    return data.replaced(max_seconds=seconds if data.max_seconds is None else min(seconds, data.max_seconds))

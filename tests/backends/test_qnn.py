@@ -1,9 +1,11 @@
 """The Qualcomm DSP path: QDQ quantization with integer I/O and the state-range guard, every node on HTP (a
 refused node named with its op), the DLC and per-SoC context binaries, the EP-context model matching the QDQ graph,
-the qnn stages' cache behaviour and the error for a missing onnxruntime-qnn.
+the qnn stages' cache behaviour and the error for a missing onnxruntime-qnn; the recipe search (candidates on the
+CPU EP, the choice confirmed on the simulator), its percentile calibration and a choice the simulator rejects.
 
 One tiny target (a 1 x 32 LSTM, a8w8 and a16w8) is built once for the module, streamed on the HTP simulator for
-a few seconds of speech (a simulator call costs milliseconds, not microseconds).
+a few seconds of speech (a simulator call costs milliseconds, not microseconds), its recipes searched on 9 s of
+held-out speech (two utterances) and confirmed on the first 5 s (one).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def manifest(tmp: Path, **extra) -> dict:
         "backends": {"qnn": PRECISIONS},
         "verification": {"corpus": str(CORPUS), "split": "verification", "max_seconds": 4},
         "calibration": {"corpus": str(CORPUS), "split": "calibration", "max_samples": 200},
+        "quantization": {"held_out_seconds": 9, "confirm_seconds": 5.2},
         **extra,
     }
 
@@ -65,9 +68,14 @@ def test_each_precision_runs_on_htp_with_integer_bindings_and_ships_dlc_and_cont
     contract = read_contract(artifact)
     dtype = {"a8w8": "uint8", "a16w8": "uint16"}[precision]
     assert contract.backend == "qnn" and contract.precision == precision and contract.artifact == "model.onnx"
+    # a state the recipe search kept at 16 bits in a8w8 has 16-bit I/O
+    kept = {n for s in contract.stream.states if s.input in contract.quantization["keep_states"] for n in (s.input, s.output)}
     for name, binding in contract.bindings.items():
-        assert binding.dtype == dtype and binding.quantization is not None and binding.quantization.dtype == dtype, (name, binding)
+        expected = "uint16" if name in kept else dtype
+        assert binding.dtype == expected and binding.quantization is not None and binding.quantization.dtype == expected, (name, binding)
     # a state pair shares one encoding, so the app may feed the integer state straight back
+    # (h_out = o * tanh(c) too, made inside c's 16-bit island when the search keeps it: it leaves through the island's
+    # convert to 8 bits, which is given the pair's range as well)
     for s in contract.stream.states:
         assert contract.bindings[s.input].quantization == contract.bindings[s.output].quantization, s
     value = np.linspace(-0.9, 0.9, 32, dtype=np.float32).reshape(1, 32)
@@ -84,8 +92,9 @@ def test_each_precision_runs_on_htp_with_integer_bindings_and_ships_dlc_and_cont
     assert len(set(binaries)) == 2, "one context binary per HTP generation"
     assert (artifact / "model.dlc").read_bytes()[:2] == b"PK"  # a DLC is a zip container
     # per-tensor encodings, QNN's convention (offset = -zero point), for the state tensors among them
-    encoding = qnn["encodings"]["h_out"]
-    assert encoding["bitwidth"] == int(dtype[4:]) and encoding["offset"] == -contract.bindings["h_out"].quantization.zero_point
+    for s in contract.stream.states:  # the encoding a graph output leaves in (an island's convert, for h_out above)
+        encoding, q = qnn["encodings"][s.output], contract.bindings[s.output].quantization
+        assert (encoding["bitwidth"], encoding["scale"], encoding["offset"]) == (int(q.dtype[4:]), q.scale, -q.zero_point), s
 
     variant = next(v for v in tiny_target["report"]["variants"] if v["precision"] == precision)
     assert variant["status"] != "error" and variant["runtime"].startswith("QNN HTP simulator") and not variant["device_latency"]
@@ -215,12 +224,13 @@ def test_state_range_guard_catches_the_relu_trap_and_the_override_fixes_it(tmp_p
             assert report["s_out"]["same_encoding_as_input"]
 
 
-def test_qnn_cache_hits_and_a_soc_change_misses_only_the_htp_nodes(tiny_target: dict) -> None:
+def test_qnn_cache_hits_and_a_soc_change_misses_the_htp_nodes_a_first_soc_change_the_searches_too(tiny_target: dict) -> None:
     tmp, document = tiny_target["tmp"], tiny_target["document"]
     assert not any(tiny_target["hits"].values())
     _, hits, _ = build(document, tmp / "m.yaml", tmp / "cache")
     assert all(hits.values()), hits
-    changed = {**document, "qnn": {"socs": [{"name": "SM8650", "soc_model": 57, "htp_arch": "v75"}, {"name": "SM8750", "soc_model": 69, "htp_arch": "v79"}]}}
+    # another second SoC: only the files built for the SoCs change
+    changed = {**document, "qnn": {"socs": [{"name": "SM8550", "soc_model": 43, "htp_arch": "v73"}, {"name": "SM8750", "soc_model": 69, "htp_arch": "v79"}]}}
     graph = plan(load_manifest(write_manifest(tmp / "m2.yaml", **changed)))
     statuses = {s.node_id: s for s in dag.explain(graph, Cache(tmp / "cache"), "tiny-dsp")}
     missed = {node for node, s in statuses.items() if not s.hit}
@@ -229,6 +239,14 @@ def test_qnn_cache_hits_and_a_soc_change_misses_only_the_htp_nodes(tiny_target: 
         "verify-noisy:qnn-a8w8@20ms", "verify-noisy:qnn-a16w8@20ms", "report",
     }, missed
     assert any("config socs" in r for r in statuses["qnn-htp-a8w8@20ms"].reasons), statuses["qnn-htp-a8w8@20ms"].reasons
+    # another first SoC: also the searches, which confirm their choice on the SoC verification streams on
+    changed = {**document, "qnn": {"socs": [{"name": "SM8650", "soc_model": 57, "htp_arch": "v75"}]}}
+    graph = plan(load_manifest(write_manifest(tmp / "m2.yaml", **changed)))
+    statuses = {s.node_id: s for s in dag.explain(graph, Cache(tmp / "cache"), "tiny-dsp")}
+    missed = {node for node, s in statuses.items() if not s.hit}
+    assert {"quant-search:qnn-a8w8@20ms", "quant-search:qnn-a16w8@20ms", "qnn-htp-a8w8@20ms"} <= missed, missed
+    assert not {"qnn-legalize@20ms", "calibrate@20ms"} & missed, missed
+    assert any("config confirm" in r for r in statuses["quant-search:qnn-a8w8@20ms"].reasons), statuses["quant-search:qnn-a8w8@20ms"].reasons
 
 
 def test_a_new_onnxruntime_qnn_version_misses_the_htp_stage(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,11 +290,16 @@ def test_a_missing_or_broken_onnxruntime_qnn_names_the_package_and_the_fix(monke
 def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_encoding(tiny_target: dict) -> None:
     tmp, document = tiny_target["tmp"], tiny_target["document"]
     changed = {**document, "qnn": {"sixteen_bit_states": {"a8w8": ["c_in"]}}}
-    built, hits, _ = build(changed, tmp / "m3.yaml", tmp / "cache")
+    built, hits, graph = build(changed, tmp / "m3.yaml", tmp / "cache")
     assert {node for node, hit in hits.items() if not hit} == {
         "qnn-qdq-a8w8@20ms", "qnn-htp-a8w8@20ms", "verify:qnn-a8w8@20ms", "verify-noisy:qnn-a8w8@20ms", "report"
     }
-    bindings = read_contract(built["qnn-htp-a8w8@20ms"].path).bindings
+    # the manifest's hand list pins the a8w8 recipe: no search is planned for it (a16w8's still is)
+    assert "quant-search:qnn-a8w8@20ms" not in graph.nodes and "quant-search:qnn-a16w8@20ms" in graph.nodes
+    contract = read_contract(built["qnn-htp-a8w8@20ms"].path)
+    assert contract.quantization["source"] == "pin" and contract.quantization["keep_states"] == ["c_in"], contract.quantization
+    assert "search" not in contract.quantization
+    bindings = contract.bindings
     assert bindings["c_in"].dtype == bindings["c_out"].dtype == "uint16" and bindings["c_in"].quantization == bindings["c_out"].quantization
     assert bindings["h_in"].dtype == bindings["feats"].dtype == "uint8"
     report = json.loads((built["report"].path / "report.json").read_text())
@@ -354,3 +377,125 @@ def test_each_qnn_stage_misses_on_its_own_version_and_tool(tiny_target: dict, mo
             patch.setattr(dag, "tool_version", lambda name: "0.0-other" if name == tool else real(name))
             status = {s.node_id: s for s in dag.explain(graph, cache, "tiny-dsp")}[node.id]
             assert not status.hit and any(r.startswith(f"tool version {tool}") for r in status.reasons), node.id
+
+
+def run_search(tiny_target: dict, out: Path, precision: str = "a8w8", **update) -> tuple[dict, list[str]]:
+    """The module's quant-search node run again by itself into `out`, its config changed by `update`."""
+    from pipeline.dag import StageContext
+
+    graph, built = tiny_target["graph"], tiny_target["built"]
+    node = graph.nodes[f"quant-search:qnn-{precision}@20ms"]
+    out.mkdir()
+    logs: list[str] = []
+    node.stage.run(node.config.model_copy(update=update), {role: built[up] for role, up in node.inputs}, out, dag.StageContext(node.id, log=logs.append))
+    return json.loads((out / "search.json").read_text()), logs
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_carries_it(tiny_target: dict, precision: str, tmp_path: Path) -> None:
+    graph, built = tiny_target["graph"], tiny_target["built"]
+    node = f"quant-search:qnn-{precision}@20ms"
+    assert ("recipe", node) in graph.nodes[f"qnn-qdq-{precision}@20ms"].inputs
+    assert graph.nodes[node].config.confirm == {"soc": QnnOptions().socs[0].model_dump()}  # the SoC verification streams on
+    search = json.loads((built[node].path / "search.json").read_text())
+    recipe = json.loads((built[node].path / "recipe.json").read_text())
+    assert recipe["source"] == "search" and recipe["calibration"] in ("minmax", "percentile")
+    if precision == "a16w8":
+        assert recipe["keep_states"] == recipe["keep_ops"] == []  # nothing is kept at 16 bits in a 16-bit graph
+    # the candidates streamed on the CPU EP over the held-out speech; the choice on the simulator over its first 5 s
+    held_out = search["held_out"]["clean"]["seconds"]
+    assert 5.2 < held_out <= 9 and search["evaluations_run"] >= 1
+    confirmation = search["confirmation"]
+    assert confirmation["runtime"] == "QNN HTP simulator" and 1 <= confirmation["confirmations_run"] <= 3
+    assert 0 < confirmation["held_out"]["clean"]["seconds"] <= 5.2 and confirmation["held_out"]["clean"]["steps"] > 0
+    confirmed = search["confirmed"]
+    assert confirmed["runtime"] == "QNN HTP simulator" and set(confirmed["conditions"]) == {"clean"}
+    chosen = next(e for e in search["evaluations"] if e.get("confirmed") == confirmed)
+    assert search["met"] == (chosen["passed"] and confirmed["passed"]) and chosen["recipe"] | {"source": "search"} == recipe
+    assert "cer_vs_reference" in confirmed["conditions"]["clean"]
+
+    contract = read_contract(built[f"qnn-htp-{precision}@20ms"].path)
+    q = contract.quantization
+    assert q["precision"] == precision and q["source"] == "search" and q["calibration"] == recipe["calibration"]
+    assert q["keep_states"] == recipe["keep_states"] and q["keep_ops"] == recipe["keep_ops"]
+    assert q["search"]["confirmed"] == confirmed and q["search"]["met"] == search["met"]
+    sixteen = [name for name in q["keep_states"] if contract.bindings[name].dtype == "uint16"]
+    assert sixteen == q["keep_states"]  # a kept state is a 16-bit island with 16-bit I/O
+    # deterministic, confirmation included (wall clock goes to timings.json): the same inputs, the same artifact
+    again, _ = run_search(tiny_target, tmp_path / "again", precision)
+    assert (tmp_path / "again" / "search.json").read_bytes() == (built[node].path / "search.json").read_bytes()
+    assert json.loads((built[node].path / "timings.json").read_text())["confirmation_seconds"]
+
+
+def test_percentile_calibration_gives_other_activation_encodings_but_keeps_the_state_ranges(tiny_target: dict, tmp_path: Path) -> None:
+    from pipeline.backends.qnn.qdq import QdqConfig, QdqStage
+
+    built = tiny_target["built"]
+    inputs = {"model": built["qnn-legalize@20ms"], "calibration": built["calibrate@20ms"]}
+    encodings, bindings = {}, {}
+    for method in ("minmax", "percentile"):
+        out = tmp_path / method
+        out.mkdir()
+        QdqStage.run(QdqConfig(precision="a8w8", calibrate_method=method), inputs, out, dag.StageContext(method))
+        encodings[method] = json.loads((out / "encodings.json").read_text())
+        contract = read_contract(out)
+        assert contract.quantization["calibration"] == method and contract.quantization["source"] == "stock"
+        bindings[method] = contract.bindings
+    minmax, percentile = encodings["minmax"], encodings["percentile"]
+    assert minmax.keys() == percentile.keys()
+    changed = [name for name in minmax if minmax[name]["kind"] == "activation" and minmax[name]["scale"] != percentile[name]["scale"]]
+    assert changed, "percentile calibration changed no activation encoding"
+    # chunk input and state pairs keep their recorded min-max ranges whatever the method (the state-range guard)
+    for name in ("feats", "h_in", "h_out", "c_in", "c_out"):
+        assert bindings["minmax"][name].quantization == bindings["percentile"][name].quantization, name
+
+
+class _Reversed:
+    """A stand-in for the confirming runtime: the CPU EP with every output's integers reversed (a wrong transcript)."""
+
+    def __new__(cls, artifact_dir: Path):
+        from pipeline.backends.qnn.session import QdqCpuSession
+
+        class Reversed(QdqCpuSession):
+            def _invoke(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                raw = super()._invoke(feeds)
+                for o in self.spec.outputs:
+                    name = self.contract.bindings[o.name].name
+                    raw[name] = np.iinfo(raw[name].dtype).max - raw[name]
+                return raw
+
+        return Reversed(artifact_dir)
+
+
+def test_a_choice_the_confirming_runtime_rejects_sends_the_search_on_and_is_never_accepted(
+    tiny_target: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.backends.qnn.recipe import QnnQuantizer
+    from pipeline.backends.qnn.session import QdqCpuSession
+
+    # the first confirmation fails, later ones run the CPU EP itself (so the next choice holds)
+    calls: list[Path] = []
+    monkeypatch.setattr(QnnQuantizer, "confirm_session", lambda self, d, options: (_Reversed(d) if not calls else QdqCpuSession(d), calls.append(d))[0])
+    # bounds the proxy is easily held to: the first candidate that meets them is chosen, then rejected
+    loose = {"max_cer_vs_reference": 1e9, "min_sqnr_db": 0.0, "max_rel": 1e9, "max_drift_ratio": 1e9, "min_cosine": -1.0}
+    base = tiny_target["graph"].nodes["quant-search:qnn-a8w8@20ms"].config
+    override = base.default_tolerance.model_copy(update=loose)
+    search, logs = run_search(tiny_target, tmp_path / "rejected", tolerance_override=override, default_tolerance=override)
+    first, *rest = [e for e in search["evaluations"] if "confirmed" in e]
+    assert not first["confirmed"]["passed"] and not first["passed"]
+    assert first["failures"] and all(f.startswith("on QNN HTP simulator: clean: ") for f in first["failures"]), first["failures"]
+    assert any("misses the goal there, the search goes on" in line for line in logs), logs
+    # the search went on from the rejected candidate: a new candidate (one more unit), confirmed, accepted
+    assert rest and rest[-1]["passed"] and rest[-1]["confirmed"]["passed"] and rest[-1]["recipe"] != first["recipe"]
+    assert search["evaluations"].index(rest[-1]) > search["evaluations"].index(first)
+    assert search["met"] and search["confirmation"]["confirmations_run"] == 2 and search["confirmed"] == rest[-1]["confirmed"]
+    recipe = json.loads((tmp_path / "rejected" / "recipe.json").read_text())
+    assert recipe == rest[-1]["recipe"] | {"source": "search"}
+
+    # every confirmation fails: after max_confirmations the best candidate left (never confirmed) is reported, unmet
+    monkeypatch.setattr(QnnQuantizer, "confirm_session", lambda self, d, options: _Reversed(d))
+    search, logs = run_search(tiny_target, tmp_path / "unmet", tolerance_override=override, default_tolerance=override, max_confirmations=2)
+    rejected = [e for e in search["evaluations"] if "confirmed" in e]
+    assert len(rejected) == 2 and not any(e["passed"] or e["confirmed"]["passed"] for e in rejected)
+    assert not search["met"] and search["confirmation"]["confirmations_run"] == 2 and "confirmed" not in search
+    assert "goal NOT met: not confirmed on QNN HTP simulator, 2 confirmations run" in logs[-1], logs[-1]

@@ -1,12 +1,14 @@
 """Qualcomm Hexagon DSP (QNN HTP): a QDQ graph (a8w8 or a16w8) compiled for HTP, a DLC and a context binary per SoC.
 
-    simplify -> qnn-legalize (exact rewrites of ops HTP lacks) -> qnn-qdq (quantize_static, calibrated on recorded (chunk, state) pairs; state-range
-    guard; integer I/O) -> qnn-htp (every node on HTP, CPU fallback disabled; model.dlc; EP-context
+    simplify -> qnn-legalize (exact rewrites of ops HTP lacks) -> [quant-search] -> qnn-qdq (quantize_static, calibrated on recorded (chunk, state)
+    pairs, with the searched or pinned recipe; state-range guard; integer I/O) -> qnn-htp (every node on HTP, CPU fallback disabled; model.dlc; EP-context
     model + QNN context binary per SoC; EP-context check)
 
 Verified on the HTP simulator the onnxruntime-qnn wheel ships (no proxy: onnxruntime's CPU
 execution provider running the same QDQ graph drifts away from HTP over a stream; its agreement
-with the simulator is reported as a figure of its own). Simulator latency is no device's.
+with the simulator is reported as a figure of its own). Simulator latency is no device's. The recipe
+search (recipe.py) ranks its candidates on the CPU EP, for speed, and accepts a recipe only once the
+simulator confirms it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ def lower(lowering: "Lowering", precision: str) -> str:
         sixteen_bit=options.sixteen_bit.get(precision, ()),  # type: ignore[call-overload]
     )
     legalized = lowering.add(Node(f"qnn-legalize{suffix}", QnnLegalizeStage, QnnLegalizeConfig(), (("model", lowering.onnx()),)))
-    qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, (("model", legalized), ("calibration", calibration))))
+    qdq_inputs: tuple[tuple[str, str], ...] = (("model", legalized), ("calibration", calibration))
+    # the search streams candidates on the CPU EP and confirms its choice on the simulator, for the SoC verify streams on
+    recipe = lowering.search("qnn", precision, qdq_config, qdq_inputs, confirm={"soc": options.socs[0].model_dump()})
+    if recipe is not None:
+        qdq_inputs += (("recipe", recipe),)
+    qdq = lowering.add(Node(f"qnn-qdq-{precision}{suffix}", QdqStage, qdq_config, qdq_inputs))
     htp_config = HtpConfig(socs=options.socs, variant=variant)
     return lowering.add(Node(f"qnn-htp-{precision}{suffix}", HtpStage, htp_config, (("model", qdq), ("calibration", calibration))))
 
@@ -59,4 +66,5 @@ BACKEND = Backend(
     device_latency=False,
     runtime_label="QNN HTP simulator (onnxruntime-qnn, x86)",
     figures="pipeline.backends.qnn.figures:figures",
+    quantizer="pipeline.backends.qnn.recipe:QUANTIZER",
 )

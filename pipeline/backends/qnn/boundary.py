@@ -143,12 +143,16 @@ def encodings_of(model: "onnx.ModelProto") -> dict[str, dict]:
     """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
     found: dict[str, dict] = {}
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
             continue
         weight = node.op_type == "DequantizeLinear" and node.input[0] in initializers
-        if node.op_type == "QuantizeLinear":
+        if node.op_type == "QuantizeLinear" and node.output[0] in outputs:
+            # the integer a graph output leaves in: a 16-bit island's 16->8-bit convert when its producer is inside one
+            tensor = node.output[0]
+        elif node.op_type == "QuantizeLinear":
             tensor = node.input[0].removesuffix("_QuantizeLinear_Input")  # the quantizer's name for a graph output's producer
         elif weight:
             tensor = node.input[0].removesuffix("_quantized")
@@ -161,5 +165,8 @@ def encodings_of(model: "onnx.ModelProto") -> dict[str, dict]:
         else:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             entry |= {"axis": int(axis), "scale": [float(s) for s in scale], "offset": [-int(z) for z in zero_point]}
-        found.setdefault(tensor, entry)
+        if node.op_type == "QuantizeLinear" and node.output[0] in outputs:
+            found[tensor] = entry
+        else:
+            found.setdefault(tensor, entry)
     return dict(sorted(found.items()))

@@ -1,8 +1,9 @@
 """qnn-qdq: the simplified ONNX graph -> a QDQ graph for HTP (a8w8 or a16w8), calibrated on real (chunk, state) pairs.
 
 `get_qnn_qdq_config` sets the overrides QNN needs (16-bit Sigmoid/Tanh encodings, per-tensor
-MatMul weights, per-channel Conv weights when asked), `quantize_static` calibrates (MinMax) on the
-calibrate stage's recorded pairs. Then:
+MatMul weights, per-channel Conv weights when asked), `quantize_static` calibrates on the
+calibrate stage's recorded pairs: min-max, or the percentile of each tensor's histogram (a recipe's
+`calibration`; the recipe, searched or pinned, is recorded in the contract's `quantization`). Then:
 
 - the state-range guard: every state output must be able to represent the range its state input
   takes on real speech, since it is fed back as that input. onnxruntime's quantizer gives a tensor
@@ -34,6 +35,8 @@ from pipeline.verify.records import RANGES_FILE, load_calibration
 from pipeline.verify.state_guard import Encoded, output_problem, pair_record
 
 PRECISIONS = {"a8w8": ("QUInt8", "QUInt8"), "a16w8": ("QUInt16", "QUInt8")}  # (activations, weights)
+# onnxruntime's own default, written out so that a change of it is not a silent change of our files
+PERCENTILE = 99.999
 
 
 class QdqConfig(StageConfig):
@@ -49,6 +52,11 @@ class QdqConfig(StageConfig):
     )
     sixteen_bit: tuple[str, ...] = Field(
         (), description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them) whose values are quantized to 16 bits."
+    )
+    calibrate_method: Literal["minmax", "percentile"] = Field(
+        "minmax",
+        description=f"Activation ranges: each tensor's recorded min-max, or the {PERCENTILE} % two-sided percentile of its "
+        "histogram (asymmetric); chunk inputs and state pairs keep their recorded min-max either way (the state-range guard).",
     )
 
 
@@ -76,7 +84,13 @@ def with_state_ranges(overrides: dict[str, list[dict]], spec: StreamSpec, ranges
             first, *rest = overrides.get(name) or [{}]
             if "scale" in first:  # an encoding QNN fixes (a 16-bit Sigmoid/Tanh output) already spans the op's whole range
                 continue
-            overrides[name] = [{**first, "rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}, *rest]
+            bounds = {"rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}
+            entry = {**first, **bounds}
+            if "convert" in entry and "scale" not in entry["convert"]:
+                # a state output made inside a 16-bit island leaves through the island's convert to 8 bits: that
+                # encoding is the one fed back, so it gets the pair's range too
+                entry["convert"] = {**entry["convert"], **bounds}
+            overrides[name] = [entry, *rest]
 
 
 def check_state_ranges(spec: StreamSpec, encodings: dict[str, Quantization], ranges: dict[str, dict], variant: str, where: str) -> dict:
@@ -159,10 +173,15 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
         tensors += sixteen_bit_tensors(graph, config.sixteen_bit, config.variant)
         sixteen_bit = {name: [{"quant_type": QuantType.QUInt16}] for name in tensors}
     reader = _Reader(recorded, spec.input_names, config.calibration_samples)
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[config.calibrate_method]
     qnn = get_qnn_qdq_config(
-        str(source), reader, calibrate_method=CalibrationMethod.MinMax, activation_type=activations, weight_type=weights,
+        str(source), reader, calibrate_method=method, activation_type=activations, weight_type=weights,
         per_channel=config.per_channel, init_overrides=sixteen_bit or None,
     )  # fmt: skip
+    if config.calibrate_method == "percentile":
+        # onnxruntime's percentile calibrator is symmetric by default, which wastes half of an unsigned grid on a
+        # non-negative tensor (a Relu's, a Sigmoid's); asymmetric keeps min-max's zero point placement
+        qnn.extra_options |= {"CalibPercentile": PERCENTILE, "CalibTensorRangeSymmetric": False}
     # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
     if config.state_range_overrides:
         with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph)
@@ -184,7 +203,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "6"
+    version = "7"
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
@@ -193,11 +212,14 @@ class QdqStage(Stage):
         import onnx
 
         from pipeline.backends.qnn.boundary import encodings_of, integer_boundary
+        from pipeline.backends.qnn.recipe import QUANTIZER
+        from pipeline.quant.quantizer import with_recipe
 
         source = inputs["model"].path
         contract = read_contract(source)
         spec = contract.stream
         variant = config.variant or f"qnn-{config.precision}"
+        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision)
         if (config.sixteen_bit_states or config.sixteen_bit) and config.precision != "a8w8":
             raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
         if "calibration" not in inputs:
@@ -223,7 +245,8 @@ class QdqStage(Stage):
             name: Binding(name=name, shape=tuple(shapes[name]), dtype=boundary[name].dtype, quantization=boundary[name])
             for name in (*spec.input_names, *spec.output_names)
         }
-        write_contract(out, contract.model_copy(update={"backend": "qnn", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings}))
+        update = {"backend": "qnn", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings, "quantization": recipe}
+        write_contract(out, contract.model_copy(update=update))
         constants = sum(1 for e in encodings.values() if e["kind"] == "constant")
         shared = sum(1 for g in guard.values() if g["same_encoding_as_input"])
         ctx.log(
