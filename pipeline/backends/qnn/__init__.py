@@ -40,6 +40,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         calibration_samples=options.calibration_samples,
         sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
         sixteen_bit=options.sixteen_bit.get(precision, ()),  # type: ignore[call-overload]
+        sixteen_bit_frontends=options.sixteen_bit_frontends.get(precision, ()),  # type: ignore[call-overload]
     )
     legalized = lowering.add(Node(f"qnn-legalize{suffix}", QnnLegalizeStage, QnnLegalizeConfig(), (("model", lowering.onnx()),)))
     qdq_inputs: tuple[tuple[str, str], ...] = (("model", legalized), ("calibration", calibration))

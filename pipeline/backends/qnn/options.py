@@ -61,6 +61,11 @@ class QnnOptions(BaseModel):
         description="a8w8 only: state inputs (e.g. c_in) whose recurrence is quantized to 16 bits inside the 8-bit graph: "
         "every op on a path from the state input to its state output, and every op reading such a value (tanh(c)).",
     )
+    sixteen_bit_frontends: dict[Literal["a8w8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="a8w8 only: chunk inputs (raw PCM) quantized to 16 bits with their front end (every op on a path to "
+        "the spectrum's log, found by structure).",
+    )
     sixteen_bit: dict[Literal["a8w8"], tuple[str, ...]] = Field(
         default_factory=dict,
         description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them, e.g. node_Conv_*) whose "

@@ -29,7 +29,7 @@ from pipeline.cache import Artifact
 from pipeline.contract import Binding, Quantization, read_contract, write_contract
 from pipeline.dag import Stage, StageConfig, StageContext
 from pipeline.errors import InternalError, ToolchainError, UserError
-from pipeline.onnx_graph import recurrence_nodes
+from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
 from pipeline.spec import StreamSpec
 from pipeline.verify.records import RANGES_FILE, load_calibration
 from pipeline.verify.state_guard import Encoded, output_problem, pair_record
@@ -52,6 +52,11 @@ class QdqConfig(StageConfig):
     )
     sixteen_bit: tuple[str, ...] = Field(
         (), description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them) whose values are quantized to 16 bits."
+    )
+    sixteen_bit_frontends: tuple[str, ...] = Field(
+        (),
+        description="a8w8 only: chunk inputs (raw PCM) quantized to 16 bits with their front end (every op on a path to the "
+        "spectrum's log; the log's own output stays 8-bit, which HTP needs: a 16-bit Log fails graph finalization).",
     )
     calibrate_method: Literal["minmax", "percentile"] = Field(
         "minmax",
@@ -166,11 +171,14 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
     activations, weights = (getattr(QuantType, t) for t in PRECISIONS[config.precision])
     graph = onnx.load(str(source)).graph
     sixteen_bit: dict[str, list[dict]] = {}
-    if config.sixteen_bit_states or config.sixteen_bit:
+    if config.sixteen_bit_states or config.sixteen_bit or config.sixteen_bit_frontends:
         # a 16-bit island in an 8-bit graph: HTP runs mixed precision, get_qnn_qdq_config adds the conversions
         kept = set(recurrence_nodes(source, spec, config.sixteen_bit_states, config.variant, "qnn-qdq")) if config.sixteen_bit_states else set()
         tensors = [o for n in graph.node if n.name in kept for o in n.output] + list(config.sixteen_bit_states)
         tensors += sixteen_bit_tensors(graph, config.sixteen_bit, config.variant)
+        if config.sixteen_bit_frontends:
+            front = set(frontend_nodes(source, config.sixteen_bit_frontends, config.variant, "qnn-qdq", include_log=False))
+            tensors += [o for n in graph.node if n.name in front for o in n.output] + list(config.sixteen_bit_frontends)
         sixteen_bit = {name: [{"quant_type": QuantType.QUInt16}] for name in tensors}
     reader = _Reader(recorded, spec.input_names, config.calibration_samples)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[config.calibrate_method]
@@ -220,7 +228,7 @@ class QdqStage(Stage):
         spec = contract.stream
         variant = config.variant or f"qnn-{config.precision}"
         config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision)
-        if (config.sixteen_bit_states or config.sixteen_bit) and config.precision != "a8w8":
+        if (config.sixteen_bit_states or config.sixteen_bit or config.sixteen_bit_frontends) and config.precision != "a8w8":
             raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
         if "calibration" not in inputs:
             raise InternalError(f"{variant}: a qnn-qdq node was planned without a calibration input")
@@ -231,7 +239,8 @@ class QdqStage(Stage):
         model = onnx.load(str(out / ARTIFACT))
         activation_dtype = "uint16" if config.precision == "a16w8" else "uint8"
         states = {s.input: s.output for s in spec.states}
-        sixteen = (*config.sixteen_bit_states, *config.sixteen_bit)  # graph inputs among them: the rest are node names
+        # graph inputs among them: the rest are node names
+        sixteen = (*config.sixteen_bit_states, *config.sixteen_bit, *config.sixteen_bit_frontends)
         boundary = integer_boundary(model, ranges, activation_dtype, states, dict.fromkeys(sixteen, "uint16"))
         guard = check_state_ranges(spec, boundary, ranges, variant, ctx.node_id)
         onnx.save(model, str(out / ARTIFACT))

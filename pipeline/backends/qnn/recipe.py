@@ -1,4 +1,5 @@
-"""How the recipe search sees QNN: an a8w8 graph can keep a state's recurrence or single ONNX nodes at 16 bits.
+"""How the recipe search sees QNN: an a8w8 graph can keep a state's recurrence, a raw-PCM front end or single ONNX
+nodes at 16 bits.
 
 HTP runs mixed 8/16-bit graphs natively (get_qnn_qdq_config adds the conversions), so a kept unit
 becomes a 16-bit island inside the 8-bit graph (qnn-qdq's `sixteen_bit_states` / `sixteen_bit`);
@@ -29,14 +30,15 @@ class QnnQuantizer(Quantizer):
     confirm_runtime = "QNN HTP simulator"
 
     def space(self, precision: str) -> Space:
-        return Space(states=precision == "a8w8", ops=precision == "a8w8", methods=("minmax", "percentile"))
+        return Space(states=precision == "a8w8", ops=precision == "a8w8", frontends=precision == "a8w8", methods=("minmax", "percentile"))
 
     def pinned(self, config: QdqConfig) -> bool:
-        return bool(config.sixteen_bit_states or config.sixteen_bit)
+        return bool(config.sixteen_bit_states or config.sixteen_bit or config.sixteen_bit_frontends)
 
     def recipe_of(self, config: QdqConfig) -> Recipe:
         return Recipe(
             keep_states=config.sixteen_bit_states,
+            keep_frontends=config.sixteen_bit_frontends,
             keep_ops=config.sixteen_bit,
             calibration=config.calibrate_method,
             source="pin" if self.pinned(config) else "stock",
@@ -47,6 +49,7 @@ class QnnQuantizer(Quantizer):
             update={
                 "sixteen_bit_states": tuple(dict.fromkeys(config.sixteen_bit_states + recipe.keep_states)),
                 "sixteen_bit": tuple(dict.fromkeys(config.sixteen_bit + recipe.keep_ops)),
+                "sixteen_bit_frontends": tuple(dict.fromkeys(config.sixteen_bit_frontends + recipe.keep_frontends)),
                 "calibrate_method": recipe.calibration,
             }
         )
@@ -60,12 +63,14 @@ class QnnQuantizer(Quantizer):
 
     def covered(self, config: QdqConfig, inputs: dict, recipe: Recipe) -> tuple[str, ...]:
         from pipeline.contract import read_contract
-        from pipeline.onnx_graph import recurrence_nodes
+        from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
 
         source = inputs["model"].path
         contract = read_contract(source)
-        states = recurrence_nodes(source / contract.artifact, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
-        return (*recipe.keep_ops, *states)
+        graph = source / contract.artifact
+        states = recurrence_nodes(graph, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
+        front = frontend_nodes(graph, recipe.keep_frontends, "search", "quant-search", include_log=False) if recipe.keep_frontends else ()
+        return tuple(dict.fromkeys((*recipe.keep_ops, *states, *front)))
 
     def session(self, artifact_dir: Path):
         from pipeline.backends.qnn.session import QdqCpuSession
