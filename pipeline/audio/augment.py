@@ -15,10 +15,15 @@ Per utterance (every parameter is drawn, in this order, for both kinds of copy):
 |---|---|---|
 | speed | uniform 0.9 .. 1.1 | calibration copies: resampled with soxr (HQ) from 16 kHz x speed to 16 kHz, so the audio is 1/speed as long (pitch moves with it); the speech regions scale with it, the text is unchanged |
 | gain | uniform -12 .. +6 dB | calibration copies, last: the mixture times the gain, clipped to [-1, 1] |
-| RT60 | uniform 0.2 .. 0.7 s | impulse response: a direct path of 1.0 at sample 0 (its level is kept), then Gaussian noise decaying 60 dB in energy over RT60, RT60 long |
-| direct-to-reverberant ratio | uniform 0 .. 10 dB | energy of the direct path over that of the decaying tail |
-| SNR | one of 20, 10, 5 dB | noise power against the reverberant speech's, both over the utterance's speech samples (every sample where it has none or no labels; a digitally silent one counts as -80 dBFS) |
+| RT60 | uniform 0.2 .. 0.5 s | impulse response: a direct path of 1.0 at sample 0 (its level is kept), then Gaussian noise decaying 60 dB in energy over RT60, RT60 long |
+| direct-to-reverberant ratio | uniform 5 .. 15 dB | energy of the direct path over that of the decaying tail |
+| SNR | one of 30, 20, 15 dB | noise power against the reverberant speech's, both over the utterance's speech samples (every sample where it has none or no labels; a digitally silent one counts as -80 dBFS) |
 | noise | one of white, pink (1/f power), babble | babble: the sum of 3 to 5 other utterances of the part streamed (each looped from a random offset, at equal RMS), so a held-out part hears no fitting speech; all of them when it has fewer; white or pink when it has no other |
+
+The ranges are a phone in a room, near its user: the default model (trained on clean synthesized speech) goes from
+CER 0.25 to 0.39 on the noisy copy of the first 150 s of the verification split. With 20/10/5 dB, RT60 up to 0.7 s
+and DRR 0-10 dB (the first version) it went to 0.61, where its transcript is mostly noise and agreement with it says
+little about a quantized copy (measured with `make onnx`'s model, onnxruntime).
 
 The reverberant signal is cut to the utterance's length (the tail past its end is dropped), so the
 text, the speech regions and the length stay those of the clean utterance (of the speed-changed
@@ -38,13 +43,13 @@ from pipeline.errors import InternalError
 
 # Bump whenever a copy's bytes may change (a parameter, a draw, the order of draws): it is part of the key of
 # every stream of augmented audio (StreamData.augment_version, CalibrateConfig.augment_version).
-AUGMENT_VERSION = "1"
+AUGMENT_VERSION = "2"
 NOISY_COPY = 0  # the copy index of the noisy verification copy; calibration copies are 1, 2, ...
 SPEED = (0.9, 1.1)
 GAIN_DB = (-12.0, 6.0)
-RT60_SECONDS = (0.2, 0.7)
-DRR_DB = (0.0, 10.0)
-SNR_DB = (20.0, 10.0, 5.0)
+RT60_SECONDS = (0.2, 0.5)
+DRR_DB = (5.0, 15.0)
+SNR_DB = (30.0, 20.0, 15.0)
 NOISE_KINDS = ("white", "pink", "babble")
 BABBLE_TALKERS = (3, 5)
 SILENT_POWER = 1e-8  # -80 dBFS: the speech power assumed for a digitally silent utterance

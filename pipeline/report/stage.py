@@ -1,7 +1,7 @@
 """report: every variant of a target in report.json (schema 3), report.md and drift.png.
 
 A variant verified on the noisy, reverberant copy too (input role `noisy:<variant>`) carries that
-run under `noisy` (`NOISY_FIGURES`: cer, cer_vs_reference, reference_cer, decision figures,
+run under `noisy` (`NOISY_FIGURES`: cer, cer_increase, cer_vs_reference, reference_cer, decision figures,
 `outputs.<name>` max_abs/sqnr_db/cosine and decision_agreement, `states.<name>` max_abs/sqnr_db,
 steps, audio_seconds, passed, status, failures, and `error` where it failed at a stage); the
 variant passes only if both runs pass, the noisy run's failures listed among its own prefixed
@@ -42,7 +42,7 @@ RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify w
 NOISY_PREFIX = "noisy:"  # report input role of a variant's run on the noisy copy
 NOISY_FAILURE = "noisy copy: "  # how the variant lists that run's failures
 NOISY_FIGURES = (
-    "cer", "cer_vs_reference", "reference_cer", "decision_agreement", "decision_output", "binary_decision_agreement",
+    "cer", "cer_increase", "cer_vs_reference", "reference_cer", "decision_agreement", "decision_output", "binary_decision_agreement",
     "decision_accuracy", "steps", "audio_seconds", "transcript",
 )
 NOISY_OUTPUT_FIGURES = ("max_abs", "sqnr_db", "cosine", "decision_agreement", "binary_decision_agreement")
@@ -109,7 +109,7 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "8"
+    version = "9"
     tools = ("matplotlib",)
     Config = ReportConfig
 

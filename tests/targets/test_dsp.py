@@ -42,6 +42,12 @@ def test_dsp_target_meets_acceptance_and_rebuilds_nothing(cache_dir: Path) -> No
     # a16w8 within 2 CER points of fp32 PyTorch (whose transcript is the reference), and it passes every gate
     assert variants["a16w8"]["cer_vs_reference"] <= 0.02, variants["a16w8"]["cer_vs_reference"]
     assert variants["a16w8"]["passed"], variants["a16w8"]["failures"]
+    # no hand list in the target: a8w8's recipe is searched on the CPU EP and confirmed on the HTP simulator
+    recipe = variants["a8w8"]["quantization"]
+    assert recipe["source"] == "search" and "c_in" in recipe["keep_states"], recipe
+    assert recipe["search"]["met"] and recipe["search"]["confirmed"]["passed"], recipe["search"]
+    for precision, v in variants.items():
+        assert v["noisy"]["status"] != "error" and v["noisy"]["audio_seconds"] >= 25, (precision, v["noisy"])
 
     hits: dict[str, bool] = {}
     executor.execute(graph, Cache(cache_dir), "dsp", executor.BuildEvents(finished=lambda n, hit, s, note: hits.__setitem__(n, hit)))

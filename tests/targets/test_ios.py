@@ -28,6 +28,13 @@ def test_ios_target_meets_acceptance_and_rebuilds_nothing(cache_dir: Path) -> No
     assert abs(variants["int8w"]["cer"] - variants["fp16"]["cer"]) <= 0.02
     assert abs(variants["stateful"]["cer"] - variants["fp16"]["cer"]) <= 0.005
     assert variants["int8w"]["size_bytes"] < variants["fp16"]["size_bytes"] < variants["fp32"]["size_bytes"]
+    # no hand list in the target: w8a8's recipe is searched and keeps the cell state's recurrence at fp16 by itself
+    recipe = variants["w8a8"]["quantization"]
+    assert recipe["source"] == "search" and "c_in" in recipe["keep_states"], recipe
+    for precision, v in variants.items():
+        assert v["noisy"]["passed"], (precision, v["noisy"]["failures"])
+    for precision in ("int8w", "w8a8"):
+        assert variants[precision]["cer_increase"] <= 0.01 and variants[precision]["noisy"]["cer_increase"] <= 0.01, precision
     stateful_dir = built[dict(graph.nodes["verify:coreml-stateful@20ms"].inputs)["model"]].path
     contract = json.loads((stateful_dir / "contract.json").read_text())
     assert contract["state_in_model"] and {b["dtype"] for n, b in contract["bindings"].items() if n.startswith(("h_", "c_"))} == {"float16"}
