@@ -6,7 +6,7 @@ STAMP := $(VENV)/.speechport-installed
 SP := $(VENV)/bin/speechport
 MODEL ?= lstm_ctc
 
-.PHONY: setup android ios dsp onnx release test bench nightly corpus train clean
+.PHONY: setup android ios dsp onnx release test bench acceptance nightly corpus train clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,14 @@ release: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
+# cold vs warm builds, then the stock quantization recipe against speechport's for the default targets, in one run
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.build_cache
+	$(VENV)/bin/python -m bench.quant
+
+# issue 12's acceptance: every zoo and bring-your-own model ships an 8-bit-weight variant on every platform
+acceptance: $(STAMP)
+	$(VENV)/bin/python -m bench.acceptance
 
 # every zoo target and every bring-your-own example, each built and reported even when an earlier one fails;
 # the exit status says if any did

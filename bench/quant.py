@@ -1,6 +1,6 @@
 """The stock quantization recipe against speechport's, for the same model and speech, measured in one run.
 
-    make bench-quant      # or: .venv/bin/python -m bench.quant [MANIFEST ...]
+    make bench            # after bench.build_cache; or: .venv/bin/python -m bench.quant [MANIFEST ...]
 
 Per target, two builds of its quantized variants in fresh `speechport build` processes sharing
 the build cache: as the target stands (recipes searched, or pinned by its hand lists), and
