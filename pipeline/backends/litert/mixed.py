@@ -81,11 +81,19 @@ def quantize_mixed(float_flatbuffer: bytes, ranges: dict, keep_tensors: tuple[st
 
 def restore_output_names(flatbuffer: bytes) -> bytes:
     """The float outputs get back the names onnx2tf gave them (`Identity`, `Identity_1`, ...), which the contract's
-    bindings find; ai-edge-quantizer calls them `<name>_dequant` and leaves the name on the integer tensor."""
+    bindings find; ai-edge-quantizer calls them `<name>_dequant` and leaves the name on the integer tensor.
+
+    An output whose producer stays float but which also feeds a quantized op comes out of ai-edge-quantizer 0.10.0
+    as the QUANTIZE op's integer tensor (measured: kws's h_out with its recurrence kept); it is pointed back at the
+    float tensor that QUANTIZE reads."""
+    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
     for graph in model.subgraphs:
+        quantized_from = {op.outputs[0]: op.inputs[0] for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.QUANTIZE}
+        graph.outputs = [quantized_from.get(int(k), int(k)) for k in graph.outputs]
         names = [t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors]
         index = {n: k for k, n in enumerate(names)}
         for k in graph.outputs:

@@ -147,26 +147,28 @@ def _quantize(request: QuantizeRequest) -> tuple[bytes, dict]:
         made.target_spec.supported_ops = ops + [tf.lite.OpsSet.SELECT_TF_OPS] * request.allow_flex
         return made
 
-    no_kernel: list[str] = []
+    stock = {"quantizer": "tensorflow", "tensorflow_refused": [], "no_int16_kernel": []}
     try:
+        refused: list[str] = []
         if precision == "int16x8" and not keep_float:
             try:  # TensorFlow's converter first: a file that keeps nothing float comes out exactly as it always has
-                return converter(True).convert(), {"quantizer": "tensorflow", "no_int16_kernel": []}
+                return converter(True).convert(), stock
             except Exception as exc:
+                # measured: TensorFlow 2.21 refuses SQRT at 16x8 although LiteRT 2.3 runs it; ai-edge-quantizer does not
                 missing = re.search(r"16x8-bit not yet supported for op: '(\w+)'", " ".join(str(exc).split()))
                 if not missing:
                     raise
-                no_kernel.append(missing.group(1).upper())
+                refused.append(missing.group(1).upper())
         if precision == "int16x8":
-            return _quantize_mixed(request, samples, no_kernel)
+            return _quantize_mixed(request, samples, refused)
         if not keep_float:
-            return converter(True).convert(), {"quantizer": "tensorflow", "no_int16_kernel": []}
+            return converter(True).convert(), stock
         # selective quantization: the quantization debugger's deny list (op output tensors of this very
         # conversion's float model) leaves those ops float, with (de)quantize ops around them
         deny = _keep_float_tensors(request.keep_float, request.keep_float_found, converter(False).convert(), request.layers, request.graph_outputs)
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(deny))
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(True), debug_dataset=representative, debug_options=options)
-        return debugger.get_nondebug_quantized_model(), {"quantizer": "tensorflow", "no_int16_kernel": []}
+        return debugger.get_nondebug_quantized_model(), stock
     except _Failure:
         raise
     except Exception as exc:  # the converter's message names the op it could not lower or quantize
@@ -179,9 +181,10 @@ def _quantize(request: QuantizeRequest) -> tuple[bytes, dict]:
 _MAX_NO_KERNEL_OPS = 8
 
 
-def _quantize_mixed(request: QuantizeRequest, samples: dict[str, np.ndarray], no_kernel: list[str]) -> tuple[bytes, dict]:
+def _quantize_mixed(request: QuantizeRequest, samples: dict[str, np.ndarray], refused: list[str]) -> tuple[bytes, dict]:
     """int16x8 through ai-edge-quantizer: the kept ops float, and every op type LiteRT cannot prepare at 16x8 float too
-    (found by preparing the file, one op type per attempt), listed in the route record."""
+    (found by preparing the file, one op type per attempt), listed in the route record with the op types TensorFlow's
+    converter refused to quantize (why this route was taken for a file that keeps nothing)."""
     from ai_edge_quantizer import qtyping
 
     from pipeline.backends.litert.mixed import quantize_mixed, tensor_ranges
@@ -191,11 +194,12 @@ def _quantize_mixed(request: QuantizeRequest, samples: dict[str, np.ndarray], no
     keep_tensors = _keep_float_tensors(request.keep_float, request.keep_float_found, float_flatbuffer, request.layers, request.graph_outputs) if keep else ()
     ranges = tensor_ranges(float_flatbuffer, samples)
     known = {op.value for op in qtyping.TFLOperationName}
+    no_kernel: list[str] = []
     while True:
         flatbuffer = quantize_mixed(float_flatbuffer, ranges, keep_tensors, tuple(op for op in no_kernel if op in known))
         failed = _unprepared_op(flatbuffer, samples)
         if failed is None:
-            return flatbuffer, {"quantizer": "ai-edge-quantizer", "no_int16_kernel": sorted(no_kernel)}
+            return flatbuffer, {"quantizer": "ai-edge-quantizer", "tensorflow_refused": refused, "no_int16_kernel": sorted(no_kernel)}
         op, message = failed
         if op in no_kernel or op not in known or len(no_kernel) >= _MAX_NO_KERNEL_OPS:
             raise _Failure("toolchain", f"LiteRT cannot run the int16x8 file ai-edge-quantizer made: {message}", tool="ai-edge-quantizer", op=op)

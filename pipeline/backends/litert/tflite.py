@@ -29,7 +29,7 @@ from pydantic import Field
 
 from pipeline.backends.litert.bindings import calibration_samples, check_against_onnx, tflite_bindings
 from pipeline.backends.litert.converted import SAVED_MODEL_DIR, converted_float, load_layers
-from pipeline.backends.litert.flatbuffer import attribute_ops, check_activation_type, check_builtin_ops, describe_op, output_layers, read_ops
+from pipeline.backends.litert.flatbuffer import attribute_ops, check_activation_type, check_builtin_ops, output_layers, read_ops
 from pipeline.backends.litert.mixed import float_compute_ops
 from pipeline.backends.litert.quantize import QuantizeRequest, graph_outputs, quantize_in_subprocess
 from pipeline.cache import Artifact
@@ -134,12 +134,14 @@ class TfliteStage(Stage):
         if quantized:
             # which quantizer made the file, and the ops that compute in float in it (kept, or without a 16x8 kernel)
             recipe = {**recipe, **route, "float_ops": sorted({ops[k].op for k in float_compute_ops(flatbuffer)})}
+            if route["tensorflow_refused"]:
+                ctx.log(f"{variant}: TensorFlow cannot quantize {', '.join(route['tensorflow_refused'])} to 16x8; built by ai-edge-quantizer")
             if route["no_int16_kernel"]:
                 ctx.log(f"{variant}: no int16x8 kernel in LiteRT for {', '.join(route['no_int16_kernel'])}: those ops stay float")
         listing = {
             "precision": config.precision,
             "recipe": recipe,
-            "float_ops": [describe_op(k, ops[k]) for k in float_compute_ops(flatbuffer)] if quantized else [],
+            "float_ops": [{"op": ops[k].op, "outputs": list(ops[k].outputs), "onnx": list(ops[k].onnx_nodes)} for k in float_compute_ops(flatbuffer)] if quantized else [],
             "histogram": dict(sorted(Counter(op.op for op in ops).items())),
             "custom_ops": sorted({op.op for op in ops if op.custom}),
             "ops": [{"op": op.op, "outputs": list(op.outputs), "onnx": list(op.onnx_nodes)} for op in ops],
