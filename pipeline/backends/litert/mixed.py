@@ -31,9 +31,13 @@ _DEQUANT_SUFFIX = "_dequant"  # how ai-edge-quantizer names the float tensor it 
 def tensor_ranges(float_flatbuffer: bytes, samples: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """{tensor name: {"min", "max"}} over every sample, one call each, shaped as ai-edge-quantizer's QSVs
     ((1,) * rank); constants are skipped by the quantizer itself."""
+    import warnings
+
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=float_flatbuffer, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # it warns that keeping every tensor costs memory: reading them all is the point
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors", category=UserWarning)
+        interpreter = Interpreter(model_content=float_flatbuffer, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     tensors = [(d["name"], d["index"]) for d in interpreter.get_tensor_details()]
