@@ -23,7 +23,8 @@ class LiteRtQuantizer(Quantizer):
     kept_at = {"int8": "float32", "int16x8": "float32"}
 
     def space(self, precision: str) -> Space:
-        return Space(states=True, ops=True, frontends=True, methods=("minmax",))
+        quantized = precision in self.bits  # fp32 and fp16 files have nothing to keep at higher precision
+        return Space(states=quantized, ops=quantized, frontends=quantized, methods=("minmax",))
 
     def pinned(self, config: TfliteConfig) -> bool:
         return bool(config.keep_float or config.keep_float_states or config.keep_float_frontends)
