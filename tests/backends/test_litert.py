@@ -251,7 +251,12 @@ def test_state_range_guard_passes_the_default_model(tiny_target: dict, precision
     ranges = json.loads((tiny_target["built"]["calibrate@20ms"].path / "ranges.json").read_text())["ranges"]
     guard = json.loads((artifact / "guard.json").read_text())
     assert set(guard) == {"h_out", "c_out"}, guard
+    # a recurrence the searched recipe keeps float is recorded as float (measured: int16x8 keeps this LSTM's c, |c| ~ 1100)
+    kept = set(read_contract(artifact).quantization["keep_states"])
     for output, record in guard.items():
+        if record["feeds"] in kept:
+            assert record["covered"] and record["output"][0]["float"] and all(e["float"] for e in record["input"]), record
+            continue
         assert record["covered"] and not record["output"][0]["float"], record
         assert record["output"][0]["dtype"] == {"int8": "int8", "int16x8": "int16"}[precision]
         assert record["state_input_range"] == [ranges[record["feeds"]]["min"], ranges[record["feeds"]]["max"]]
