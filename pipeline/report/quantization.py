@@ -39,7 +39,11 @@ def quantization_lines(verified: list[dict]) -> list[str]:
     for v in quantized:
         q = v["quantization"]
         search = q.get("search", {})
-        kept = ", ".join([f"state `{s}`" for s in q["keep_states"]] + [f"`{o}`" for o in q["keep_ops"]]) or "nothing"
+        units = [f"state `{s}`" for s in q["keep_states"]] + [f"front end `{f}`" for f in q.get("keep_frontends", [])]
+        units += [f"`{o}`" for o in q["keep_ops"]] + [f"{o} (no 16x8 kernel)" for o in q.get("no_int16_kernel", [])]
+        kept = ", ".join(units) or "nothing"
+        if q.get("tensorflow_refused"):  # why a file that keeps nothing came from ai-edge-quantizer
+            kept += f"; ai-edge-quantizer: TensorFlow cannot quantize {', '.join(q['tensorflow_refused'])} to 16x8"
         before = "; ".join(f"{name}: {_headline(c)}" for name, c in search.get("before", {}).items()) or "-"
         after = "; ".join(f"{name}: {_headline(c)}" for name, c in search.get("after", {}).items()) or "-"
         cost = search.get("cost", {})

@@ -251,7 +251,12 @@ def test_state_range_guard_passes_the_default_model(tiny_target: dict, precision
     ranges = json.loads((tiny_target["built"]["calibrate@20ms"].path / "ranges.json").read_text())["ranges"]
     guard = json.loads((artifact / "guard.json").read_text())
     assert set(guard) == {"h_out", "c_out"}, guard
+    # a recurrence the searched recipe keeps float is recorded as float (measured: int16x8 keeps this LSTM's c, |c| ~ 1100)
+    kept = set(read_contract(artifact).quantization["keep_states"])
     for output, record in guard.items():
+        if record["feeds"] in kept:
+            assert record["covered"] and record["output"][0]["float"] and all(e["float"] for e in record["input"]), record
+            continue
         assert record["covered"] and not record["output"][0]["float"], record
         assert record["output"][0]["dtype"] == {"int8": "int8", "int16x8": "int16"}[precision]
         assert record["state_input_range"] == [ranges[record["feeds"]]["min"], ranges[record["feeds"]]["max"]]
@@ -301,3 +306,136 @@ def test_state_range_guard_fails_a_state_whose_encoding_cannot_hold_its_input_an
     guard = json.loads((fixed / "guard.json").read_text())
     assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"] and guard["c_out"]["input"][0]["float"], guard
     assert not guard["h_out"]["output"][0]["float"], guard
+
+
+def tensor_types(flatbuffer: bytes) -> dict[str, int]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+    return {graph.Tensors(k).Name().decode(): graph.Tensors(k).Type() for k in range(graph.TensorsLength())}
+
+
+def test_int16x8_keeping_a_recurrence_float_comes_from_ai_edge_quantizer_and_streams(tiny_target: dict, tmp_path: Path) -> None:
+    """TensorFlow's selective quantization would make int8 of this file; ai-edge-quantizer keeps int16 activations
+    everywhere but the kept cell-state path, which computes in float, with float32 I/O and builtin ops only."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from pipeline.audio.stream import speech_stream, stream_data
+
+    built = tiny_target["built"]
+    inputs = {"model": built["legalize@20ms"], "converted": built["onnx2tf@20ms"], "calibration": built["calibrate@20ms"]}
+    out = tmp_path / "out"
+    out.mkdir()
+    config = TfliteConfig(precision="int16x8", variant="litert-int16x8@20ms", keep_float_states=("c_in",))
+    TfliteStage.run(config, inputs, out, dag.StageContext("tflite-int16x8@20ms"))
+
+    contract = read_contract(out)
+    record = contract.quantization
+    assert record["quantizer"] == "ai-edge-quantizer" and record["keep_states"] == ["c_in"] and record["no_int16_kernel"] == [], record
+    ops = json.loads((out / "ops.json").read_text())
+    assert ops["custom_ops"] == [] and ops["float_ops"], ops
+    types = tensor_types((out / "model.tflite").read_bytes())
+    assert schema.TensorType.INT16 in types.values()
+    covered = set(record["covered"])
+    assert any({node.split(" (")[0] for node in op["onnx"]} & covered for op in ops["float_ops"]), (ops["float_ops"], covered)
+    guard = json.loads((out / "guard.json").read_text())
+    assert guard["c_out"]["covered"] and guard["c_out"]["output"][0]["float"] and not guard["h_out"]["output"][0]["float"], guard
+    for name, binding in contract.bindings.items():
+        assert binding.dtype == "float32" and binding.quantization is None, (name, binding)
+
+    session = get_backend("litert").open_session(out)
+    chunks = speech_stream(stream_data(max_seconds=2, corpus=CORPUS, split="verification"), session.spec).chunks
+    session.reset()
+    for chunk in chunks:
+        outputs = session.call({**chunk, **{k: v.copy() for k, v in session.state.items()}})
+        session.step(chunk)
+        assert all(np.isfinite(v).all() for v in outputs.values())
+    assert float(np.abs(session.state["c_in"]).max()) > 0
+    check = json.loads((out / "check.json").read_text())
+    # against onnxruntime on the recorded pairs, relative to each output's largest value (c reaches ~1100); measured:
+    # logits 0.0055, h 0.014 (int8 weights), c 0.96
+    assert all(error <= 0.05 * max(1.0, check["max_abs_reference"][name]) for name, error in check["max_abs"].items()), check
+
+
+@pytest.fixture(scope="module")
+def sqrt_target(tiny_target: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny LSTM with its logits passed through Sqrt(Abs(.)): TensorFlow 2.21 refuses SQRT at 16x8."""
+    import onnx
+    from onnx import helper
+
+    tmp = tmp_path_factory.mktemp("sqrt")
+    legalized = tiny_target["built"]["legalize@20ms"].path
+    model = onnx.load(str(legalized / "model.onnx"))
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    head.output[:] = ["logits_before_sqrt"]
+    model.graph.node.append(helper.make_node("Abs", ["logits_before_sqrt"], ["logits_abs"], name="/guard/Abs"))
+    model.graph.node.append(helper.make_node("Sqrt", ["logits_abs"], ["logits"], name="/guard/Sqrt"))
+    source, converted = tmp / "source", tmp / "converted"
+    source.mkdir()
+    converted.mkdir()
+    onnx.save(model, str(source / "model.onnx"))
+    write_contract(source, read_contract(legalized))
+    ConvertStage.run(ConvertConfig(), {"model": Artifact("legalize", "k", source, "d")}, converted, dag.StageContext("onnx2tf@20ms"))
+    return {
+        "model": Artifact("legalize", "k", source, "d"),
+        "converted": Artifact("onnx2tf", "k", converted, "d"),
+        "calibration": tiny_target["built"]["calibrate@20ms"],
+    }
+
+
+def test_an_op_tensorflow_cannot_quantize_to_16x8_builds_through_ai_edge_quantizer_and_is_listed(sqrt_target: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    TfliteStage.run(TfliteConfig(precision="int16x8", variant="litert-int16x8@20ms"), sqrt_target, out, dag.StageContext("tflite-int16x8@20ms"))
+    record = read_contract(out).quantization
+    # measured: LiteRT 2.3 prepares and runs SQRT at 16x8, so it is quantized; only TensorFlow's converter lacks it
+    assert record["quantizer"] == "ai-edge-quantizer" and record["tensorflow_refused"] == ["SQRT"] and record["no_int16_kernel"] == [], record
+    ops = json.loads((out / "ops.json").read_text())
+    assert ops["histogram"].get("SQRT") == 1 and ops["custom_ops"] == [], ops["histogram"]
+    assert ops["recipe"]["tensorflow_refused"] == ["SQRT"]
+
+
+def test_an_op_litert_cannot_prepare_at_16x8_stays_float_and_is_listed(sqrt_target: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No op ai-edge-quantizer quantizes lacks a LiteRT 16x8 kernel today; a runtime that refuses int16 SQRT stands in
+    for one: the op type is kept float and the file rebuilt."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from pipeline.backends.litert import quantize
+    from pipeline.backends.litert.bindings import calibration_samples, tflite_bindings
+    from pipeline.backends.litert.converted import SAVED_MODEL_DIR, converted_float, load_layers
+    from pipeline.backends.litert.flatbuffer import read_ops
+    from pipeline.verify.records import load_calibration
+
+    real = quantize._unprepared_op
+
+    def no_int16_sqrt(flatbuffer: bytes, samples: dict) -> tuple[str, str] | None:
+        graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+        for k, (name, _, _) in enumerate(read_ops(flatbuffer)):
+            if name == "SQRT" and graph.Tensors(graph.Operators(k).Outputs(0)).Type() == schema.TensorType.INT16:
+                return "SQRT", f"Type INT16 (7) not supported. Node number {k} (SQRT) failed to prepare."
+        return real(flatbuffer, samples)
+
+    monkeypatch.setattr(quantize, "_unprepared_op", no_int16_sqrt)
+    converted, source = sqrt_target["converted"].path, sqrt_target["model"].path
+    spec = read_contract(source).stream
+    float_model = converted_float(converted, "fp32")
+    bindings = tflite_bindings(quantize_interpreter(float_model), spec, "litert-int16x8@20ms")
+    samples = calibration_samples(load_calibration(sqrt_target["calibration"].path), spec, bindings, 50)
+    np.savez(tmp_path / "samples.npz", **samples)
+    request = quantize.QuantizeRequest(
+        saved_model=converted / SAVED_MODEL_DIR, float_model=float_model, samples=tmp_path / "samples.npz", precision="int16x8",
+        allow_flex=False, keep_float=(), layers=load_layers(converted), graph_outputs=quantize.graph_outputs(source / "model.onnx"),
+        variant="litert-int16x8@20ms", where="tflite-int16x8@20ms", output=tmp_path / "q.tflite", error=tmp_path / "e.json", route=tmp_path / "r.json",
+    )
+    flatbuffer, route = quantize._quantize_mixed(request, samples, ["SQRT"])
+    assert route == {"quantizer": "ai-edge-quantizer", "tensorflow_refused": ["SQRT"], "no_int16_kernel": ["SQRT"]}, route
+    graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+    sqrt = [k for k, (name, _, _) in enumerate(read_ops(flatbuffer)) if name == "SQRT"]
+    assert len(sqrt) == 1 and graph.Tensors(graph.Operators(sqrt[0]).Outputs(0)).Type() == schema.TensorType.FLOAT32
+    assert schema.TensorType.INT16 in tensor_types(flatbuffer).values()
+
+
+def quantize_interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path))

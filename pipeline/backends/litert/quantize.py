@@ -29,6 +29,7 @@ class QuantizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     saved_model: Path = Field(description="onnx2tf's SavedModel directory.")
+    float_model: Path = Field(description="onnx2tf's float32 flatbuffer: what ai-edge-quantizer quantizes (int16x8 keeping ops float).")
     samples: Path = Field(description="npz of recorded (chunk, state) pairs in the artifact's layout, keyed by input name.")
     precision: Literal["int8", "int16x8"] = Field(description="Activation precision (weights are int8 in both).")
     allow_flex: bool = Field(description="Accept Select-TF ops.")
@@ -42,6 +43,7 @@ class QuantizeRequest(BaseModel):
     where: str = Field(description="Stage node, for messages.")
     output: Path = Field(description="Where the quantized flatbuffer goes.")
     error: Path = Field(description="Where a failure is written as JSON (kind, message, tool, op).")
+    route: Path = Field(description="Where the subprocess writes which quantizer made the file and the ops it left float for want of a kernel.")
 
 
 class _Failure(Exception):
@@ -50,8 +52,9 @@ class _Failure(Exception):
         self.kind, self.message, self.tool, self.op = kind, message, tool, op
 
 
-def quantize_in_subprocess(request: QuantizeRequest, samples: dict[str, np.ndarray], workdir: Path, timeout: int) -> bytes:
-    """Write the request, run the quantizer subprocess, and turn every way it can fail into a named error."""
+def quantize_in_subprocess(request: QuantizeRequest, samples: dict[str, np.ndarray], workdir: Path, timeout: int) -> tuple[bytes, dict]:
+    """Write the request, run the quantizer subprocess, and turn every way it can fail into a named error; the file, and
+    its route record (`quantizer`, `no_int16_kernel`)."""
     np.savez(request.samples, **samples)
     request_path = workdir / "quantize.json"
     request_path.write_text(request.model_dump_json())
@@ -77,7 +80,7 @@ def quantize_in_subprocess(request: QuantizeRequest, samples: dict[str, np.ndarr
         )
     if done.returncode != 0 or not request.output.is_file():
         raise ToolchainError(f"the TFLite quantizer crashed ({failure_summary(done)})", tool="tensorflow", stage=request.where, variant=request.variant)
-    return request.output.read_bytes()
+    return request.output.read_bytes(), json.loads(request.route.read_text())
 
 
 def graph_outputs(onnx_path: Path) -> dict[str, str]:
@@ -97,9 +100,11 @@ def _smoke_test(path: Path, samples: dict[str, np.ndarray], layers: dict[str, st
     if allow_flex and any(custom for _, custom, _ in read_ops(path.read_bytes())):
         return  # this runtime has no Select-TF ops; the file can only be run where they are linked
     interpreter.allocate_tensors()
-    signature = next(iter(interpreter._get_full_signature_list().values()))
+    signatures = interpreter._get_full_signature_list()
+    # TensorFlow's files have a signature; ai-edge-quantizer's keep onnx2tf's input names and none
+    inputs = next(iter(signatures.values()))["inputs"] if signatures else {d["name"]: d["index"] for d in interpreter.get_input_details()}
     for name, values in samples.items():
-        interpreter.set_tensor(signature["inputs"][name], values[0])
+        interpreter.set_tensor(inputs[name], values[0])
     try:
         interpreter.invoke()
     except RuntimeError as exc:
@@ -117,8 +122,9 @@ def _smoke_test(path: Path, samples: dict[str, np.ndarray], layers: dict[str, st
         ) from None
 
 
-def _quantize(request: QuantizeRequest) -> bytes:
-    """Runs in the subprocess: int8 or int16x8 with float32 I/O, calibrated on the recorded samples."""
+def _quantize(request: QuantizeRequest) -> tuple[bytes, dict]:
+    """Runs in the subprocess: int8 or int16x8 with float32 I/O, calibrated on the recorded samples; with the route
+    record (which quantizer made the file, the ops left float for want of a 16x8 kernel)."""
     import tensorflow as tf
 
     samples = dict(np.load(request.samples))
@@ -141,21 +147,81 @@ def _quantize(request: QuantizeRequest) -> bytes:
         made.target_spec.supported_ops = ops + [tf.lite.OpsSet.SELECT_TF_OPS] * request.allow_flex
         return made
 
+    stock = {"quantizer": "tensorflow", "tensorflow_refused": [], "no_int16_kernel": []}
     try:
+        refused: list[str] = []
+        if precision == "int16x8" and not keep_float:
+            try:  # TensorFlow's converter first: a file that keeps nothing float comes out exactly as it always has
+                return converter(True).convert(), stock
+            except Exception as exc:
+                # measured: TensorFlow 2.21 refuses SQRT at 16x8 although LiteRT 2.3 runs it; ai-edge-quantizer does not
+                missing = re.search(r"16x8-bit not yet supported for op: '(\w+)'", " ".join(str(exc).split()))
+                if not missing:
+                    raise
+                refused.append(missing.group(1).upper())
+        if precision == "int16x8":
+            return _quantize_mixed(request, samples, refused)
         if not keep_float:
-            return converter(True).convert()
+            return converter(True).convert(), stock
         # selective quantization: the quantization debugger's deny list (op output tensors of this very
         # conversion's float model) leaves those ops float, with (de)quantize ops around them
         deny = _keep_float_tensors(request.keep_float, request.keep_float_found, converter(False).convert(), request.layers, request.graph_outputs)
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(deny))
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(True), debug_dataset=representative, debug_options=options)
-        return debugger.get_nondebug_quantized_model()
+        return debugger.get_nondebug_quantized_model(), stock
     except _Failure:
         raise
     except Exception as exc:  # the converter's message names the op it could not lower or quantize
         message = " ".join(str(exc).split())
         op = re.search(r"\b(?:op|Op|operator)\W+([A-Z][A-Z0-9_]+)\b", message) or re.search(r"'tfl\.(\w+)'", message)
         raise _Failure("toolchain", f"quantizing to {precision} failed: {type(exc).__name__}: {message}", op=op.group(1).upper() if op else None) from None
+
+
+# op types LiteRT may lack a 16x8 kernel for are found by preparing the file; this bounds the retries
+_MAX_NO_KERNEL_OPS = 8
+
+
+def _quantize_mixed(request: QuantizeRequest, samples: dict[str, np.ndarray], refused: list[str]) -> tuple[bytes, dict]:
+    """int16x8 through ai-edge-quantizer: the kept ops float, and every op type LiteRT cannot prepare at 16x8 float too
+    (found by preparing the file, one op type per attempt), listed in the route record with the op types TensorFlow's
+    converter refused to quantize (why this route was taken for a file that keeps nothing)."""
+    from ai_edge_quantizer import qtyping
+
+    from pipeline.backends.litert.mixed import quantize_mixed, tensor_ranges
+
+    float_flatbuffer = request.float_model.read_bytes()
+    keep = request.keep_float + request.keep_float_found
+    keep_tensors = _keep_float_tensors(request.keep_float, request.keep_float_found, float_flatbuffer, request.layers, request.graph_outputs) if keep else ()
+    ranges = tensor_ranges(float_flatbuffer, samples)
+    known = {op.value for op in qtyping.TFLOperationName}
+    no_kernel: list[str] = []
+    while True:
+        flatbuffer = quantize_mixed(float_flatbuffer, ranges, keep_tensors, tuple(op for op in no_kernel if op in known))
+        failed = _unprepared_op(flatbuffer, samples)
+        if failed is None:
+            return flatbuffer, {"quantizer": "ai-edge-quantizer", "tensorflow_refused": refused, "no_int16_kernel": sorted(no_kernel)}
+        op, message = failed
+        if op in no_kernel or op not in known or len(no_kernel) >= _MAX_NO_KERNEL_OPS:
+            raise _Failure("toolchain", f"LiteRT cannot run the int16x8 file ai-edge-quantizer made: {message}", tool="ai-edge-quantizer", op=op)
+        no_kernel.append(op)
+
+
+def _unprepared_op(flatbuffer: bytes, samples: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """(op type, LiteRT's message) of the op LiteRT cannot prepare or run in this file, or None if one call runs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+        for name, values in samples.items():
+            interpreter.set_tensor(inputs[name], values[0])
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        node = re.search(r"Node number \d+ \((\w+)\)", message)
+        return (node.group(1).upper() if node else "?"), message
+    return None
 
 
 def _keep_float_tensors(
@@ -169,8 +235,13 @@ def _keep_float_tensors(
     from ai_edge_litert.interpreter import Interpreter
 
     ops = attribute_ops(read_ops(float_flatbuffer), layers)
-    signature = next(iter(Interpreter(model_content=float_flatbuffer)._get_full_signature_list().values()))["outputs"]
-    tensor_names = {d["index"]: d["name"] for d in Interpreter(model_content=float_flatbuffer).get_output_details()}
+    interpreter = Interpreter(model_content=float_flatbuffer)
+    tensor_names = {d["index"]: d["name"] for d in interpreter.get_output_details()}
+    signatures = interpreter._get_full_signature_list()
+    if signatures:
+        by_key = {key: tensor_names[index] for key, index in next(iter(signatures.values()))["outputs"].items()}
+    else:  # onnx2tf's own float file: outputs are Identity, Identity_1, ... in ONNX order
+        by_key = {f"output_{k}": "Identity" if k == 0 else f"Identity_{k}" for k in range(len(tensor_names))}
     tensors: list[str] = []
     for name in (*names, *found):
         hits = [
@@ -180,7 +251,7 @@ def _keep_float_tensors(
             for o in op.outputs
         ]
         if not hits:  # graph outputs are named by the signature, not after a layer
-            hits = [tensor_names[signature[key]] for output, key in graph_outputs.items() if fnmatchcase(output, name)]
+            hits = [by_key[key] for output, key in graph_outputs.items() if fnmatchcase(output, name)]
         if not hits and name in found:
             continue
         if not hits:
@@ -197,7 +268,9 @@ def _keep_float_tensors(
 def _quantize_main(request_path: str) -> int:
     request = QuantizeRequest.model_validate_json(Path(request_path).read_text())
     try:
-        request.output.write_bytes(_quantize(request))
+        flatbuffer, route = _quantize(request)
+        request.output.write_bytes(flatbuffer)
+        request.route.write_text(json.dumps(route))
         _smoke_test(request.output, dict(np.load(request.samples)), request.layers, request.allow_flex)
     except _Failure as failure:
         request.error.write_text(json.dumps({"kind": failure.kind, "message": failure.message, "tool": failure.tool, "op": failure.op}))

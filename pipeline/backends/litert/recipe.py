@@ -1,9 +1,11 @@
-"""How the recipe search sees LiteRT: int8 files can keep a state's recurrence or single ONNX nodes float.
+"""How the recipe search sees LiteRT: int8 and int16x8 files can keep a state's recurrence, a front end or single ONNX
+nodes float.
 
-TensorFlow's selective quantization (the quantization debugger's deny list) is the one way to keep
-ops float inside a builtin-ops int8 file; it cannot keep ops at 16 bits inside int8, and it silently
-makes int8 of an int16x8 file, so int16x8 has nothing to search. Its converter has one calibration
-method (min-max). Kept ops become float ops with (de)quantize around them, all builtin.
+int8: TensorFlow's selective quantization (the quantization debugger's deny list) keeps ops float inside
+a builtin-ops int8 file; it cannot keep ops at 16 bits inside int8, and it silently makes int8 of an
+int16x8 file. int16x8 keeping anything float therefore goes through ai-edge-quantizer (mixed.py). Both
+calibrate by min-max over every recorded sample. Kept ops become float ops with (de)quantize around
+them, all builtin.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class LiteRtQuantizer(Quantizer):
     kept_at = {"int8": "float32", "int16x8": "float32"}
 
     def space(self, precision: str) -> Space:
-        return Space(states=precision == "int8", ops=precision == "int8", frontends=precision == "int8", methods=("minmax",))
+        quantized = precision in self.bits  # fp32 and fp16 files have nothing to keep at higher precision
+        return Space(states=quantized, ops=quantized, frontends=quantized, methods=("minmax",))
 
     def pinned(self, config: TfliteConfig) -> bool:
         return bool(config.keep_float or config.keep_float_states or config.keep_float_frontends)

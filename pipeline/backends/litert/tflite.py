@@ -4,7 +4,9 @@
 - int8: int8 weights and activations;  int16x8: int16 activations, int8 weights; both from
   `TFLiteConverter.from_saved_model` on the conversion's SavedModel, calibrated on the calibrate
   stage's recorded (chunk, state) pairs, in a subprocess (quantize.py). Both keep float32 I/O, so
-  state feeds back exactly and no app has to requantize it.
+  state feeds back exactly and no app has to requantize it. An int16x8 file that keeps ops float
+  (a recipe, or ops LiteRT has no 16x8 kernel for, found and listed) comes from ai-edge-quantizer
+  instead (mixed.py): TensorFlow's selective quantization makes int8 of it.
 
 Then the builtin-ops gate (a Select-TF/custom op fails the variant unless allowed), the contract
 (each tensor's real name, shape and layout in the file), for int8/int16x8 the state-range guard
@@ -28,6 +30,7 @@ from pydantic import Field
 from pipeline.backends.litert.bindings import calibration_samples, check_against_onnx, tflite_bindings
 from pipeline.backends.litert.converted import SAVED_MODEL_DIR, converted_float, load_layers
 from pipeline.backends.litert.flatbuffer import attribute_ops, check_activation_type, check_builtin_ops, output_layers, read_ops
+from pipeline.backends.litert.mixed import float_compute_ops
 from pipeline.backends.litert.quantize import QuantizeRequest, graph_outputs, quantize_in_subprocess
 from pipeline.cache import Artifact
 from pipeline.contract import Binding, read_contract, write_contract
@@ -53,13 +56,13 @@ class TfliteConfig(StageConfig):
         None, gt=0, description="Recorded (chunk, state) pairs used to calibrate int8/int16x8 (evenly spaced); None: all."
     )
     keep_float_states: tuple[str, ...] = Field(
-        (), description="int8 only: state inputs whose recurrence (paths to the paired output, and their readers) stays float."
+        (), description="State inputs (int8, int16x8) whose recurrence (paths to the paired output, and their readers) stays float."
     )
     keep_float: tuple[str, ...] = Field(
-        (), description="int8 only: ONNX node names (or TFLite tensor names) whose ops stay float (selective quantization)."
+        (), description="ONNX node names (or TFLite tensor names) whose ops stay float: int8 by selective quantization, int16x8 through ai-edge-quantizer."
     )
     keep_float_frontends: tuple[str, ...] = Field(
-        (), description="int8 only: chunk inputs (raw PCM) whose front end (every op on a path to the spectrum's log, the log included) stays float."
+        (), description="Chunk inputs (raw PCM, int8 or int16x8) whose front end (every op on a path to the spectrum's log, the log included) stays float."
     )
     check_steps: int = Field(64, gt=0, description="Calls compared against onnxruntime to check the I/O binding.")
     timeout_seconds: int = Field(1800, gt=0, description="Longest one quantizer run may take.")
@@ -67,8 +70,10 @@ class TfliteConfig(StageConfig):
 
 class TfliteStage(Stage):
     name = "tflite"
-    version = "5"  # 4: guard.json, the state-range guard; 5: the recipe (contract `quantization`, ops.json)
-    tools = ("tensorflow", "ai-edge-litert", "onnx", "onnxruntime")
+    # 4: guard.json, the state-range guard; 5: the recipe (contract `quantization`, ops.json); 6: int16x8 keeping ops float
+    # (ai-edge-quantizer), ops without a 16x8 kernel float and listed
+    version = "6"
+    tools = ("tensorflow", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime")
     Config = TfliteConfig
 
     @classmethod
@@ -87,9 +92,8 @@ class TfliteStage(Stage):
         where = ctx.node_id
         if quantized and "calibration" not in inputs:
             raise InternalError(f"{variant}: a quantized tflite node was planned without a calibration input")
-        if (config.keep_float or config.keep_float_states or config.keep_float_frontends) and config.precision != "int8":
-            # measured: the quantization debugger's selective model has int8 activations whatever the ops set
-            raise UserError(f"{variant}: keep_float applies to int8 only (selective quantization cannot make int16x8)", where=where)
+        if (config.keep_float or config.keep_float_states or config.keep_float_frontends) and not quantized:
+            raise UserError(f"{variant}: keep_float lists apply to int8 and int16x8 only; an {config.precision} file is float already", where=where)
 
         layers = load_layers(converted)
         started = time.perf_counter()
@@ -106,6 +110,7 @@ class TfliteStage(Stage):
             try:
                 request = QuantizeRequest(
                     saved_model=converted / SAVED_MODEL_DIR,
+                    float_model=converted_float(converted, "fp32"),
                     samples=workdir / "samples.npz",
                     precision=config.precision,  # type: ignore[arg-type]
                     allow_flex=config.allow_flex,
@@ -117,17 +122,26 @@ class TfliteStage(Stage):
                     where=where,
                     output=workdir / "quantized.tflite",
                     error=workdir / "quantize-error.json",
+                    route=workdir / "quantize-route.json",
                 )
-                flatbuffer = quantize_in_subprocess(request, samples, workdir, config.timeout_seconds)
+                flatbuffer, route = quantize_in_subprocess(request, samples, workdir, config.timeout_seconds)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             check_activation_type(flatbuffer, config.precision, variant)
         seconds = time.perf_counter() - started
 
         ops = attribute_ops(read_ops(flatbuffer), layers | output_layers(flatbuffer, source / contract.artifact))
+        if quantized:
+            # which quantizer made the file, and the ops that compute in float in it (kept, or without a 16x8 kernel)
+            recipe = {**recipe, **route, "float_ops": sorted({ops[k].op for k in float_compute_ops(flatbuffer)})}
+            if route["tensorflow_refused"]:
+                ctx.log(f"{variant}: TensorFlow cannot quantize {', '.join(route['tensorflow_refused'])} to 16x8; built by ai-edge-quantizer")
+            if route["no_int16_kernel"]:
+                ctx.log(f"{variant}: no int16x8 kernel in LiteRT for {', '.join(route['no_int16_kernel'])}: those ops stay float")
         listing = {
             "precision": config.precision,
             "recipe": recipe,
+            "float_ops": [{"op": ops[k].op, "outputs": list(ops[k].outputs), "onnx": list(ops[k].onnx_nodes)} for k in float_compute_ops(flatbuffer)] if quantized else [],
             "histogram": dict(sorted(Counter(op.op for op in ops).items())),
             "custom_ops": sorted({op.op for op in ops if op.custom}),
             "ops": [{"op": op.op, "outputs": list(op.outputs), "onnx": list(op.onnx_nodes)} for op in ops],
@@ -167,10 +181,9 @@ def check_state_guard(
     outputs, entries = state_encodings(flatbuffer, spec, bindings, variant)
 
     def fix(short: list[str]) -> str:
+        remedy = f"keep the state path float with `litert.keep_float_states: {{{config.precision}: {short}}}`"
         if config.precision == "int8":
-            remedy = f"keep the state path float with `litert.keep_float_states: {{int8: {short}}}`, or build int16x8"
-        else:
-            remedy = f"keep_float_states takes int8 only: build int8 with `litert.keep_float_states: {{int8: {short}}}`"
+            remedy += ", or build int16x8"
         return remedy + "; if the state reaches its range only between calibration samples, keep more (`calibration.max_samples`)"
 
     guard(spec.states, ranges, outputs, entries, out, variant=variant, where=where, fix=fix)
