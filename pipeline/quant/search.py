@@ -337,7 +337,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "5"
+    version = "6"
     tools = ("numpy", "torch")
     Config = SearchConfig
 

@@ -11,6 +11,7 @@ from the same one) go through onnxruntime's own `qdq_loss_debug` to expose every
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -71,8 +72,12 @@ def onnx_sensitivity(onnx_path: Path, samples: list[dict[str, np.ndarray]], bits
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     producers = {o: (n.name, n.op_type) for n in graph.node for o in n.output}
     with tempfile.TemporaryDirectory(prefix="speechport-sensitivity-") as tmp:
+        # on a private copy: onnxruntime's shape inference writes (and deletes) `<model>-inferred.onnx` beside its
+        # input, which would be inside a published cache artifact, raced by a parallel search on the same graph
+        private = Path(tmp) / "model.onnx"
+        shutil.copyfile(onnx_path, private)
         augmented = Path(tmp) / "augmented.onnx"
-        modify_model_output_intermediate_tensors(str(onnx_path), str(augmented))
+        modify_model_output_intermediate_tensors(str(private), str(augmented))
         activations = collect_activations(str(augmented), _Reader(samples), execution_providers=["CPUExecutionProvider"])
     figures = [
         tensor_figures(name, producers[name][1], producers[name][0], batches, bits)
