@@ -184,13 +184,13 @@ def recurrence_nodes(onnx_path: Path, spec: StreamSpec, state_inputs: tuple[str,
 
 
 
-# ops whose output compresses its input's range: a spectrum's log (or its root) ends the front end
-_COMPRESSING_OPS = {"Log", "Sqrt", "Pow"}
+# the op that ends a front end: a spectrum's log (a root or a power also sits in every layer norm, so neither does)
+_COMPRESSING_OPS = {"Log"}
 
 
 def frontend_nodes(onnx_path: Path, inputs: tuple[str, ...], variant: str, where: str, *, include_log: bool = True) -> tuple[str, ...]:
     """ONNX nodes of a model's own front end, found by graph structure: every node on a path from a chunk input (raw
-    PCM) to a range-compressing op (the log of a spectrum), that op included unless `include_log` is off. Raw audio and
+    PCM) to the log of its spectrum, the log included unless `include_log` is off. Raw audio and
     a power spectrum span a range no 8-bit grid holds; after the log, they quantize like any feature."""
     import onnx
 
@@ -203,7 +203,7 @@ def frontend_nodes(onnx_path: Path, inputs: tuple[str, ...], variant: str, where
                 reaches_from.update(node.output)
         logs = [n for n in nodes if n.op_type in _COMPRESSING_OPS and reaches_from.intersection(n.input)]
         if not logs:
-            raise UserError(f"{variant}: no log or root of a spectrum follows input {name!r}: it has no front end to keep apart", where=where)
+            raise UserError(f"{variant}: no log of a spectrum follows input {name!r}: it has no front end to keep apart", where=where)
         # stop at the first compression on each path: what lies beyond the first log is the model, not its front end
         first = {o for n in logs for o in n.input}
         reaches_to = set(first)

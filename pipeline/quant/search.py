@@ -337,7 +337,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "6"
+    version = "7"
     tools = ("numpy", "torch")
     Config = SearchConfig
 
@@ -378,7 +378,8 @@ class SearchStage(Stage):
         sensitivity = quantizer.sensitivity(stage_config, inputs, samples) if space.ops else []
         sensitivity_seconds = time.perf_counter() - started
         states = [Unit(kind="state", name=s.input) for s in spec.states] if space.states else []
-        states += [Unit(kind="frontend", name=i.name) for i in spec.inputs] if space.frontends else []
+        # a front end of its own only where the model computes it from raw audio (a log-mel input arrives as features)
+        states += [Unit(kind="frontend", name=i.name) for i in spec.inputs] if space.frontends and spec.frontend.kind == "pcm" else []
         ranked_ops = [f["node"] for f in sensitivity]
 
         scratch = Path(tempfile.mkdtemp(prefix="speechport-search-"))
