@@ -87,3 +87,25 @@ def with_recipe(quantizer: Quantizer, config: StageConfig, inputs: dict[str, Any
     # every op the recipe keeps, its kept recurrences' included (found by structure)
     record["covered"] = list(quantizer.covered(config, {k: v for k, v in inputs.items() if k != "recipe"}, recipe))
     return config, record
+
+
+def onnx_sensitivity_of(inputs: dict[str, Any], samples: list[dict], bits: int) -> list[dict]:
+    """Per node of the ONNX graph a quantize stage reads (`inputs["model"]`, whose node names its hand lists take)."""
+    from pipeline.contract import read_contract
+    from pipeline.quant.sensitivity import by_node, onnx_sensitivity
+
+    source = inputs["model"].path
+    return by_node(onnx_sensitivity(source / read_contract(source).artifact, samples, bits))
+
+
+def onnx_covered(inputs: dict[str, Any], recipe: Recipe, *, include_log: bool) -> tuple[str, ...]:
+    """The ONNX nodes a recipe keeps: its ops, its kept states' recurrences and its kept front ends (found by structure)."""
+    from pipeline.contract import read_contract
+    from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
+
+    source = inputs["model"].path
+    contract = read_contract(source)
+    graph = source / contract.artifact
+    states = recurrence_nodes(graph, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
+    fronts = frontend_nodes(graph, recipe.keep_frontends, "search", "quant-search", include_log=include_log) if recipe.keep_frontends else ()
+    return tuple(dict.fromkeys((*recipe.keep_ops, *states, *fronts)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.backends.litert.tflite import TfliteConfig, TfliteStage
-from pipeline.quant.quantizer import Quantizer, Space
+from pipeline.quant.quantizer import Quantizer, Space, onnx_covered, onnx_sensitivity_of
 from pipeline.quant.recipe import Recipe
 
 
@@ -47,22 +47,10 @@ class LiteRtQuantizer(Quantizer):
         )
 
     def sensitivity(self, config: TfliteConfig, inputs: dict, samples: list[dict]) -> list[dict]:
-        from pipeline.contract import read_contract
-        from pipeline.quant.sensitivity import by_node, onnx_sensitivity
-
-        source = inputs["model"].path  # the legalized ONNX graph onnx2tf converted: its node names are what keep_float takes
-        return by_node(onnx_sensitivity(source / read_contract(source).artifact, samples, self.bits[config.precision]))
+        return onnx_sensitivity_of(inputs, samples, self.bits[config.precision])  # the legalized ONNX graph onnx2tf converted
 
     def covered(self, config: TfliteConfig, inputs: dict, recipe: Recipe) -> tuple[str, ...]:
-        from pipeline.contract import read_contract
-        from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
-
-        source = inputs["model"].path
-        contract = read_contract(source)
-        graph = source / contract.artifact
-        states = recurrence_nodes(graph, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
-        frontends = frontend_nodes(graph, recipe.keep_frontends, "search", "quant-search") if recipe.keep_frontends else ()
-        return tuple(dict.fromkeys((*recipe.keep_ops, *states, *frontends)))
+        return onnx_covered(inputs, recipe, include_log=True)
 
     def session(self, artifact_dir: Path):
         from pipeline.backends import get_backend

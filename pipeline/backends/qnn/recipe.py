@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.backends.qnn.qdq import QdqConfig, QdqStage
-from pipeline.quant.quantizer import Quantizer, Space
+from pipeline.quant.quantizer import Quantizer, Space, onnx_covered, onnx_sensitivity_of
 from pipeline.quant.recipe import Recipe
 
 
@@ -55,22 +55,10 @@ class QnnQuantizer(Quantizer):
         )
 
     def sensitivity(self, config: QdqConfig, inputs: dict, samples: list[dict]) -> list[dict]:
-        from pipeline.contract import read_contract
-        from pipeline.quant.sensitivity import by_node, onnx_sensitivity
-
-        source = inputs["model"].path  # the qnn-legalized graph qnn-qdq quantizes: its node names are what sixteen_bit takes
-        return by_node(onnx_sensitivity(source / read_contract(source).artifact, samples, self.bits[config.precision]))
+        return onnx_sensitivity_of(inputs, samples, self.bits[config.precision])  # the qnn-legalized graph qnn-qdq quantizes
 
     def covered(self, config: QdqConfig, inputs: dict, recipe: Recipe) -> tuple[str, ...]:
-        from pipeline.contract import read_contract
-        from pipeline.onnx_graph import frontend_nodes, recurrence_nodes
-
-        source = inputs["model"].path
-        contract = read_contract(source)
-        graph = source / contract.artifact
-        states = recurrence_nodes(graph, contract.stream, recipe.keep_states, "search", "quant-search") if recipe.keep_states else ()
-        front = frontend_nodes(graph, recipe.keep_frontends, "search", "quant-search", include_log=False) if recipe.keep_frontends else ()
-        return tuple(dict.fromkeys((*recipe.keep_ops, *states, *front)))
+        return onnx_covered(inputs, recipe, include_log=False)
 
     def session(self, artifact_dir: Path):
         from pipeline.backends.qnn.session import QdqCpuSession
