@@ -202,7 +202,7 @@ class _Search:
 
     def stream(self, session: Any, held: list[_Held]) -> tuple[dict[str, dict], list[str], float]:
         """Each held-out condition streamed on `session`, on its own state, judged by the closed-loop bounds."""
-        from pipeline.verify.stage import closed_loop_figures
+        from pipeline.verify.figures import closed_loop_figures
 
         conditions, failures, score = {}, [], 0.0
         for h in held:
@@ -352,7 +352,7 @@ class SearchStage(Stage):
         from pipeline.backends import get_backend
         from pipeline.export.session import TorchSession
         from pipeline.verify.records import load_calibration
-        from pipeline.verify.stage import model_tolerance
+        from pipeline.verify.gates import model_tolerance
 
         quantizer = get_backend(config.backend).load_quantizer()
         torch_dir = inputs["torch"].path

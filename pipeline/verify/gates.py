@@ -13,7 +13,9 @@ the report prints next to the variant.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -252,3 +254,12 @@ def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Toleranc
             f"{extra['cer'] - extra['cer_increase']:.4f}, more than {t.max_cer_increase}"
         )
     return failures
+
+
+def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
+    """The bounds a model declares for one precision (the trace stage wrote them), if it declares any."""
+    path = trace_dir / MODEL_TOLERANCES_FILE
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get(precision)
+    return None if entry is None else Tolerance.model_validate(entry)

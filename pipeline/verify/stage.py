@@ -25,7 +25,8 @@ from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.verify.gates import MODEL_TOLERANCES_FILE, Tolerance, judge
+from pipeline.verify.figures import closed_loop_figures
+from pipeline.verify.gates import Tolerance, judge, model_tolerance
 from pipeline.verify.records import OUTPUTS_FILE, STREAM_FILE, load_teacher
 
 RESULT_FILE = "variant.json"
@@ -80,49 +81,6 @@ def teacher_forced(session, chunks: list[dict[str, np.ndarray]], reference: dict
         error, value = np.concatenate(errors[name]), np.concatenate(expected_values[name])
         result[name] = {"max_abs": float(np.abs(error).max()), "reference_max_abs": float(np.abs(value).max()), "sqnr_db": sqnr_db(value, error)}
     return result
-
-
-def closed_loop_figures(spec, stream, reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], reference_transcript: str | None, window: int) -> tuple[dict, dict, dict]:
-    """The closed-loop figures of one stream against the reference's: per non-state output (`compare`, plus the
-    decision figures of decision and probability outputs), the transcript's CER against the truth and the
-    reference's (CTC outputs), and the worst decisions. Returns (metrics per output, extra figures, record entries)."""
-    from pipeline.audio.ctc import cer, ctc_greedy
-    from pipeline.audio.stream import truth_cer
-    from pipeline.spec import DECISION_KINDS
-    from pipeline.verify.decisions import decision_figures, worst_decisions
-    from pipeline.verify.metrics import compare, per_frame
-
-    steps = len(stream.chunks)
-    metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
-    extra: dict[str, float | str] = {}
-    record: dict = {}
-    decided: dict[str, dict] = {}
-    for o in spec.outputs:
-        if o.kind == "ctc_logits" and spec.decoder is not None and spec.decoder.kind == "ctc_greedy":
-            frames = per_frame(outputs[o.name], o.time_axis)
-            transcript = ctc_greedy(frames, spec.decoder.vocabulary, spec.decoder.blank)
-            truth = truth_cer(stream, frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
-            if truth is not None:  # None: no file has a transcript
-                extra["cer"] = truth
-                reference_frames = per_frame(reference[o.name], o.time_axis)
-                reference_truth = truth_cer(stream, reference_frames, spec.decoder.vocabulary, spec.decoder.blank, spec.chunk_samples * steps // len(frames))
-                extra["cer_increase"] = truth - reference_truth
-            if reference_transcript is not None:
-                extra["cer_vs_reference"] = cer(reference_transcript, transcript)
-            record["transcript"] = transcript
-        elif o.kind in DECISION_KINDS:
-            decided[o.name] = decision_figures(o, outputs[o.name], reference[o.name], stream.speech, steps * spec.chunk_samples)
-            metrics[o.name] |= decided[o.name]
-    extra |= worst_decisions(decided)
-    return metrics, extra, record
-
-
-def model_tolerance(trace_dir: Path, precision: str) -> Tolerance | None:
-    path = trace_dir / MODEL_TOLERANCES_FILE
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text()).get(precision)
-    return None if entry is None else Tolerance.model_validate(entry)
 
 
 class VerifyStage(Stage):

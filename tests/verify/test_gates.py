@@ -147,7 +147,7 @@ def test_the_unbroken_artifact_passes_and_the_report_prints_the_waiver(tiny_onnx
 
 
 def test_a_models_own_bounds_apply_between_the_backends_and_the_manifests(tmp_path: Path, tiny_onnx: dict) -> None:
-    from pipeline.verify.stage import model_tolerance
+    from pipeline.verify.gates import model_tolerance
 
     trace = tmp_path / "trace"
     trace.mkdir()

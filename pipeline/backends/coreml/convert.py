@@ -196,7 +196,6 @@ class CoreMlStage(Stage):
 
         from pipeline.backends import get_backend
         from pipeline.backends.coreml.graph import convert, quiet
-        from pipeline.backends.coreml.recipe import QUANTIZER
         from pipeline.export.session import TorchSession
         from pipeline.quant.quantizer import with_recipe
         from pipeline.verify.bindcheck import check_reproduces
@@ -206,7 +205,7 @@ class CoreMlStage(Stage):
         contract = read_contract(source)
         spec = contract.stream
         quantized = config.precision in QUANTIZED
-        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision) if quantized else (config, None)
+        config, recipe = with_recipe(get_backend("coreml").load_quantizer(), config, inputs, config.precision) if quantized else (config, None)
         variant = config.variant or f"coreml-{config.precision}@{format_ms(spec.chunk_ms)}ms"
         where, stateful = ctx.node_id, config.precision == "stateful"
         if config.precision == "w8a8" and "calibration" not in inputs:

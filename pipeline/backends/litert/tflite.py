@@ -80,13 +80,13 @@ class TfliteStage(Stage):
     def run(cls, config: TfliteConfig, inputs: dict[str, Artifact], out: Path, ctx: StageContext) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        from pipeline.backends.litert.recipe import QUANTIZER
+        from pipeline.backends import get_backend  # its quantizer, which builds candidates with this stage
         from pipeline.quant.quantizer import with_recipe
 
         source, converted = inputs["model"].path, inputs["converted"].path
         contract = read_contract(source)
         quantized = config.precision in QUANTIZED
-        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision) if quantized else (config, None)
+        config, recipe = with_recipe(get_backend("litert").load_quantizer(), config, inputs, config.precision) if quantized else (config, None)
         spec = contract.stream
         variant = config.variant or f"litert-{config.precision}@{format_ms(spec.chunk_ms)}ms"
         where = ctx.node_id

@@ -220,14 +220,14 @@ class QdqStage(Stage):
         import onnx
 
         from pipeline.backends.qnn.boundary import encodings_of, integer_boundary
-        from pipeline.backends.qnn.recipe import QUANTIZER
+        from pipeline.backends import get_backend  # its quantizer, which builds candidates with this stage
         from pipeline.quant.quantizer import with_recipe
 
         source = inputs["model"].path
         contract = read_contract(source)
         spec = contract.stream
         variant = config.variant or f"qnn-{config.precision}"
-        config, recipe = with_recipe(QUANTIZER, config, inputs, config.precision)
+        config, recipe = with_recipe(get_backend("qnn").load_quantizer(), config, inputs, config.precision)
         if (config.sixteen_bit_states or config.sixteen_bit or config.sixteen_bit_frontends) and config.precision != "a8w8":
             raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
         if "calibration" not in inputs:
