@@ -8,7 +8,12 @@ part, clean, when planned from a manifest), each of `augmented_copies` calibrati
 its own, from the initial state, as the reference streams.
 
 `calibration.npz` holds, per graph input, [samples, *shape] arrays taken at evenly spaced calls
-over all those streams, one after the other; `ranges.json` holds the min/max of every input and
+over all those streams, one after the other, plus the calls at which each state input and each
+state output reaches its smallest and largest value (a quantizer that measures ranges on the
+samples then gives every state the range it really ranges over, which the state-range guards
+require: a buffer state's extreme chunk is easily missed between evenly spaced samples);
+`extents.npz` the elementwise min and max of every state input over every call (a part of a state, one
+layer's slice, has a range of its own); `ranges.json` holds the min/max of every input and
 output over all of them (`ranges`), the calls (`steps`) and samples kept, and per stream
 (`streams`: condition, copy, seconds, steps, samples, ranges) the same figures.
 """
@@ -24,7 +29,7 @@ from pydantic import Field, model_validator
 from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.verify.records import RANGES_FILE, SAMPLES_FILE
+from pipeline.verify.records import EXTENTS_FILE, RANGES_FILE, SAMPLES_FILE
 
 
 class CalibrateConfig(StageConfig):
@@ -49,7 +54,7 @@ class CalibrateConfig(StageConfig):
 
 class CalibrateStage(Stage):
     name = "calibrate"
-    version = "2"
+    version = "3"
     tools = ("numpy", "soxr", "torch")
     Config = CalibrateConfig
 
@@ -68,8 +73,11 @@ class CalibrateStage(Stage):
             streams.append(("augmented", copy, utterance_stream(calibration_copy(indexed, data.augment_seed, copy), spec, data.max_seconds)))
         steps = sum(len(stream.chunks) for _, _, stream in streams)
         keep = set(np.linspace(0, steps - 1, min(config.max_samples, steps)).round().astype(int).tolist())
-        recorded: dict[str, list[np.ndarray]] = {name: [] for name in spec.input_names}
+        kept: dict[int, dict[str, np.ndarray]] = {}  # call -> its inputs
         names = spec.input_names + spec.output_names
+        state_names = [n for s in spec.states for n in (s.input, s.output)]
+        extremes: dict[tuple[str, str], tuple[float, int, dict[str, np.ndarray]]] = {}  # (state, min|max) -> value, call, inputs
+        extents: dict[str, list[np.ndarray]] = {}  # state input -> [elementwise min, elementwise max]
         per_stream = []
         offset = 0
         for condition, copy, stream in streams:
@@ -79,9 +87,21 @@ class CalibrateStage(Stage):
             def record(k: int, feeds: dict[str, np.ndarray], results: dict[str, np.ndarray], offset: int = offset, low: dict = low, high: dict = high) -> None:
                 for name, value in (*feeds.items(), *results.items()):
                     low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
+                values = {**feeds, **results}
+                for state in spec.states:
+                    value = np.asarray(feeds[state.input], np.float32)
+                    if state.input in extents:
+                        np.minimum(extents[state.input][0], value, out=extents[state.input][0])
+                        np.maximum(extents[state.input][1], value, out=extents[state.input][1])
+                    else:
+                        extents[state.input] = [value.copy(), value.copy()]
+                for name in state_names:
+                    for end, value in (("min", float(values[name].min())), ("max", float(values[name].max()))):
+                        best = extremes.get((name, end))
+                        if best is None or (value < best[0] if end == "min" else value > best[0]):
+                            extremes[(name, end)] = (value, offset + k, {n: np.array(feeds[n]) for n in spec.input_names})
                 if offset + k in keep:
-                    for name in spec.input_names:
-                        recorded[name].append(feeds[name])
+                    kept[offset + k] = {name: feeds[name] for name in spec.input_names}
 
             label = f"{ctx.node_id}: torch" + (f", copy {copy}" if copy else "")
             session.stream(stream.chunks, ctx.progress, label, observe=record)
@@ -97,10 +117,14 @@ class CalibrateStage(Stage):
                 }
             )
             offset += count
-        np.savez(out / SAMPLES_FILE, **{name: np.stack(values).astype(np.float32) for name, values in recorded.items()})
+        extreme_calls = sorted({call for _, call, _ in extremes.values()} - set(kept))
+        kept |= {call: inputs for _, call, inputs in extremes.values() if call in extreme_calls}
+        calls = sorted(kept)
+        np.savez(out / EXTENTS_FILE, **{f"{name}.{end}": extents[name][i] for name in extents for i, end in enumerate(("min", "max"))})
+        np.savez(out / SAMPLES_FILE, **{name: np.stack([kept[c][name] for c in calls]).astype(np.float32) for name in spec.input_names})
         ranges = {
             name: {"min": min(s["ranges"][name]["min"] for s in per_stream), "max": max(s["ranges"][name]["max"] for s in per_stream)}
             for name in names
         }
-        document = {"steps": steps, "samples": len(keep), "ranges": ranges, "streams": per_stream}
+        document = {"steps": steps, "samples": len(calls), "extreme_samples": extreme_calls, "ranges": ranges, "streams": per_stream}
         (out / RANGES_FILE).write_text(json.dumps(document, indent=1) + "\n")

@@ -4,7 +4,8 @@
   (call indices of the teacher-forced windows with the state going into and coming out of each),
   `stream.json` (steps, truth, the reference transcript and its CER);
 - calibrate: `calibration.npz` (per graph input, [samples, ...] recorded at evenly spaced calls of
-  the reference streaming real speech), `ranges.json` (min/max of every input and output).
+  the reference streaming real speech), `ranges.json` (min/max of every input and output),
+  `extents.npz` (per state input, its elementwise min and max over every call: `<name>.min`, `<name>.max`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ TEACHER_FILE = "teacher.npz"
 STREAM_FILE = "stream.json"
 SAMPLES_FILE = "calibration.npz"
 RANGES_FILE = "ranges.json"
+EXTENTS_FILE = "extents.npz"
 
 
 def teacher_steps(steps: int, windows: int, per_window: int) -> np.ndarray:
@@ -38,3 +40,13 @@ def load_teacher(artifact: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dic
 
 def load_calibration(artifact: Path) -> dict[str, np.ndarray]:
     return dict(np.load(artifact / SAMPLES_FILE))
+
+
+def load_extents(artifact: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """State input name -> (elementwise min, elementwise max) over the calibration stream; {} where not recorded."""
+    path = artifact / EXTENTS_FILE
+    if not path.is_file():
+        return {}
+    stored = np.load(path)
+    names = {k.rsplit(".", 1)[0] for k in stored.files}
+    return {name: (stored[f"{name}.min"], stored[f"{name}.max"]) for name in names}

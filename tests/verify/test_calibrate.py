@@ -65,8 +65,10 @@ def test_augmented_copies_widen_the_ranges_and_are_sampled(traced, tmp_path: Pat
     # speed-changed copies are as long as their speed makes them, not as long as the clean stream
     assert mixed["streams"][1]["seconds"] != mixed["streams"][0]["seconds"]
     # samples come from every stream, evenly spaced over all of them
-    assert mixed["samples"] == 60 == sum(s["samples"] for s in mixed["streams"]) and all(s["samples"] >= 15 for s in mixed["streams"])
-    assert {name: v.shape[0] for name, v in samples.items()} == dict.fromkeys(clean_samples, 60)
+    assert sum(s["samples"] for s in mixed["streams"]) == 60 and all(s["samples"] >= 15 for s in mixed["streams"])
+    # plus the calls at which a state reaches its extremes, unless an evenly spaced sample already is one
+    assert mixed["samples"] == 60 + len(mixed["extreme_samples"]) and len(mixed["extreme_samples"]) <= 8
+    assert {name: v.shape[0] for name, v in samples.items()} == dict.fromkeys(clean_samples, mixed["samples"])
     # the file formats other stages read are unchanged
     assert set(mixed) >= {"steps", "samples", "ranges"} and set(samples) == set(clean_samples)
 
@@ -76,3 +78,14 @@ def test_augmented_copies_widen_the_ranges_and_are_sampled(traced, tmp_path: Pat
     assert {"feats", "logits"} <= set(widened), widened  # louder, noisier input; outputs that follow it
     # each copy is a closed loop from the initial state: the first recorded state is the initial one
     assert np.all(samples["c_in"][0] == 0)
+
+
+def test_the_samples_hold_every_state_input_range(traced, tmp_path: Path) -> None:
+    """A quantizer measuring ranges on the samples gives each state input the range it ranges over in the stream (the
+    state-range guards' requirement), however few samples are kept."""
+    graph, model = traced
+    data = graph.nodes["calibrate@20ms"].config.data.model_copy(update={"max_seconds": 8.0})
+    ranges, samples = _calibrate(CalibrateConfig(data=data, max_samples=5, augmented_copies=1), model, tmp_path / "few")
+    assert ranges["extreme_samples"], ranges
+    for name in ("h_in", "c_in"):
+        assert float(samples[name].min()) == ranges["ranges"][name]["min"] and float(samples[name].max()) == ranges["ranges"][name]["max"], name
