@@ -40,10 +40,22 @@ SAMPLED_SLACK = 0.05
 
 @dataclass(frozen=True)
 class Encoded:
-    """How a state tensor is stored on one side of the loop: the artifact's tensor and its encoding (None: float)."""
+    """How a state tensor is stored on one side of the loop: the artifact's tensor and its encoding (None: float).
+    `region`: the flat positions of the state it holds where it holds a part of it (a layer's slice of an
+    nn.LSTM's [layers, batch, hidden] state); None: the whole state."""
 
     tensor: str
     quantization: Quantization | None
+    region: tuple[int, ...] | None = None
+
+
+def part_range(need: tuple[float, float], region: tuple[int, ...] | None, extent: tuple[np.ndarray, np.ndarray] | None) -> tuple[float, float]:
+    """The range a part of a state takes: over its positions' recorded elementwise extents, else the whole state's."""
+    if region is None or extent is None or not region:
+        return need
+    low, high = extent
+    index = np.asarray(region)
+    return float(low.reshape(-1)[index].min()), float(high.reshape(-1)[index].max())
 
 
 def representable(q: Quantization) -> tuple[float, float]:
@@ -85,6 +97,13 @@ def side_record(side: Encoded, need: tuple[float, float] | None, slack: float) -
     }
 
 
+def _region_record(side: Encoded, need: tuple[float, float] | None) -> dict:
+    """Where a side holds a part of its state: how many of the state's values, and the range they take."""
+    if side.region is None:
+        return {}
+    return {"region_size": len(side.region), "region_range": None if need is None else list(need)}
+
+
 def _encoding_text(side: Encoded) -> str:
     q = side.quantization
     assert q is not None
@@ -94,16 +113,18 @@ def _encoding_text(side: Encoded) -> str:
 
 def output_problem(state: StateSpec, need: tuple[float, float], output: Encoded) -> str:
     at = "" if output.tensor == state.output else f" (tensor {output.tensor!r})"
+    part = "" if output.region is None else f" ({len(output.region)} of its values)"
     return (
         f"state output {state.output!r}{at} is quantized to {_encoding_text(output)} but feeds back as "
-        f"{state.input!r}, which ranges over [{need[0]:.4g}, {need[1]:.4g}] on the calibration speech"
+        f"{state.input!r}, which ranges over [{need[0]:.4g}, {need[1]:.4g}]{part} on the calibration speech"
     )
 
 
 def input_problem(state: StateSpec, need: tuple[float, float], entry: Encoded) -> str:
+    part = "" if entry.region is None else f" ({len(entry.region)} of its values)"
     return (
         f"state input {state.input!r} is quantized on entry (tensor {entry.tensor!r}) to {_encoding_text(entry)}, "
-        f"short of the [{need[0]:.4g}, {need[1]:.4g}] it ranges over on the calibration speech"
+        f"short of the [{need[0]:.4g}, {need[1]:.4g}] it ranges over{part} on the calibration speech"
     )
 
 
@@ -117,6 +138,7 @@ def guard(
     variant: str,
     where: str,
     fix: Callable[[list[str]], str],
+    extents: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict:
     """Check every state pair, write `guard.json` (keyed by state output) and fail naming each short tensor.
 
@@ -125,24 +147,39 @@ def guard(
     name -> the first quantized tensors reading it (none: it stays float); `ranges`: the calibrate stage's
     recorded ranges, None where the artifact was built without (a float-activation variant); `fix`: the
     backend's remedy for the short state inputs. The quantizers calibrate on samples of the stream, so
-    `SAMPLED_SLACK` of the range is allowed."""
+    `SAMPLED_SLACK` of the range is allowed. `extents`: state input name -> its elementwise min and max over
+    the stream (the calibrate stage's `extents.npz`), which give a part of a state (an `Encoded.region`) its own
+    range; without them a part is held to the whole state's."""
     record, problems, short = {}, [], []
+    extents = extents or {}
     for s in states:
-        need = None if ranges is None else (float(ranges[s.input]["min"]), float(ranges[s.input]["max"]))
-        slack = SAMPLED_SLACK * (need[1] - need[0]) if need is not None else 0.0
+        whole = None if ranges is None else (float(ranges[s.input]["min"]), float(ranges[s.input]["max"]))
+
+        def need_of(side: Encoded, whole: tuple[float, float] | None = whole, name: str = s.input) -> tuple[float, float] | None:
+            return None if whole is None else part_range(whole, side.region, extents.get(name))
+
+        def slack_of(side: Encoded) -> float:
+            need = need_of(side)
+            return 0.0 if need is None else SAMPLED_SLACK * (need[1] - need[0])
+
+        def short_of(side: Encoded) -> bool:
+            need = need_of(side)
+            return need is not None and not covers(side.quantization, *need, slack_of(side))
+
         parts, entry = outputs[s.output], entries.get(s.input, [])
-        failing = [p for p in parts if need is not None and not covers(p.quantization, *need, slack)]
+        failing = [p for p in parts if short_of(p)]
         shown = (failing or [p for p in parts if p.quantization is not None] or parts)[0]
         sides = {
-            "output": [side_record(p, need, slack) for p in parts],
-            "input": [side_record(e, need, slack) for e in entry] or [side_record(Encoded(s.input, None), need, slack)],
+            "output": [side_record(p, need_of(p), slack_of(p)) | _region_record(p, need_of(p)) for p in parts],
+            "input": [side_record(e, need_of(e), slack_of(e)) | _region_record(e, need_of(e)) for e in entry]
+            or [side_record(Encoded(s.input, None), whole, 0.0)],
         }
-        record[s.output] = pair_record(s, need, shown.quantization) | {"slack": slack} | sides
+        record[s.output] = pair_record(s, whole, shown.quantization) | {"slack": slack_of(shown)} | sides
         record[s.output]["covered"] = all(side["covered"] for side in (*sides["output"], *sides["input"]))
-        if need is None:
+        if whole is None:
             continue
-        problems += [output_problem(s, need, p) for p in failing]
-        problems += [input_problem(s, need, e) for e in entry if not covers(e.quantization, *need, slack)]
+        problems += [output_problem(s, need_of(p), p) for p in failing]
+        problems += [input_problem(s, need_of(e), e) for e in entry if short_of(e)]
         if not record[s.output]["covered"]:
             short.append(s.input)
     (out / GUARD_FILE).write_text(json.dumps(record, indent=1) + "\n")

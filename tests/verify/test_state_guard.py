@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.contract import Quantization
@@ -51,3 +52,20 @@ def test_a_state_input_clipped_on_entry_fails_and_float_states_pass(tmp_path: Pa
     assert record["s_out"]["representable"] is None
     unranged = guard(STATES, None, {"s_out": [Encoded("s_out", None)]}, {}, tmp_path, variant="v", where="w", fix=lambda s: "fix")
     assert unranged["s_out"]["state_input_range"] is None and json.loads((tmp_path / GUARD_FILE).read_text()) == unranged
+
+
+def test_each_part_of_a_state_is_held_to_the_range_its_own_values_take(tmp_path: Path) -> None:
+    """A two-layer state [2, 2]: layer 0 ranges over [-3, 3], layer 1 over [-0.5, 0.5]. Each layer's slice may have
+    a range of its own, but one short of its own values still fails, and without extents a part is held to the whole."""
+    states = (StateSpec(input="s_in", output="s_out", shape=(2, 2)),)
+    extents = {"s_in": (np.array([[-3.0, -1.0], [-0.5, -0.2]]), np.array([[2.0, 3.0], [0.4, 0.5]]))}
+    narrow = Quantization(scale=0.5 / 127, zero_point=0, dtype="int8")  # [-0.5, 0.5]
+    parts = {"s_out": [Encoded("layer0", SYMMETRIC, (0, 1)), Encoded("layer1", narrow, (2, 3))]}
+    entries = {"s_in": [Encoded("slice0", SYMMETRIC, (0, 1)), Encoded("slice1", narrow, (2, 3))]}
+    record = guard(states, RANGES, parts, entries, tmp_path, variant="v", where="w", fix=lambda s: "fix", extents=extents)
+    assert record["s_out"]["covered"] and record["s_out"]["output"][1]["region_range"] == [-0.5, 0.5]
+    with pytest.raises(UserError, match=r"tensor 'slice1'.*short of the \[-3, 3\]"):
+        guard(states, RANGES, parts, entries, tmp_path, variant="v", where="w", fix=lambda s: "fix")
+    swapped = {"s_in": [Encoded("slice0", narrow, (0, 1))]}
+    with pytest.raises(UserError, match=r"tensor 'slice0'.*short of the \[-3, 3\] it ranges over \(2 of its values\)"):
+        guard(states, RANGES, {"s_out": [Encoded("s_out", None)]}, swapped, tmp_path, variant="v", where="w", fix=lambda s: "fix", extents=extents)

@@ -186,7 +186,7 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "6"  # 5: guard.json, the state-range guard; 6: the recipe (contract `quantization`, ops.json)
+    version = "7"  # 5: guard.json, the state-range guard; 6: the recipe (contract `quantization`, ops.json); 7: parts of a state
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 
@@ -286,16 +286,17 @@ def check_state_guard(package: Path, spec: StreamSpec, calibration: Path | None,
     the state input's recorded range: guard.json, or a UserError naming the op (int8w: every state float)."""
     from pipeline.backends.coreml.interpreter import load_program
     from pipeline.backends.coreml.state_ranges import state_encodings
-    from pipeline.verify.records import RANGES_FILE
+    from pipeline.verify.records import RANGES_FILE, load_extents
     from pipeline.verify.state_guard import guard
 
     ranges = None if calibration is None else json.loads((calibration / RANGES_FILE).read_text())["ranges"]
+    extents = None if calibration is None else load_extents(calibration)
     outputs, entries = state_encodings(load_program(package), spec, variant)
 
     def fix(short: list[str]) -> str:
         return f"keep the state path in fp16 with `coreml.keep_float_states: {{w8a8: {short}}}`, or build int8w (float activations)"
 
-    guard(spec.states, ranges, outputs, entries, out, variant=variant, where=where, fix=fix)
+    guard(spec.states, ranges, outputs, entries, out, variant=variant, where=where, fix=fix, extents=extents)
 
 
 def _samples(recorded: dict[str, np.ndarray] | None, names: list[str], limit: int | None) -> list[dict[str, np.ndarray]]:
