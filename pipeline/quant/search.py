@@ -42,7 +42,7 @@ from pipeline.audio.stream import StreamData
 from pipeline.cache import Artifact, artifact_bytes
 from pipeline.contract import read_contract
 from pipeline.dag import Stage, StageConfig, StageContext
-from pipeline.errors import InternalError, UserError
+from pipeline.errors import InternalError, ToolchainError, UserError
 from pipeline.quant.recipe import RECIPE_FILE, SEARCH_FILE, Recipe, Unit
 from pipeline.verify.gates import Tolerance, judge
 
@@ -166,7 +166,10 @@ class _Search:
         sub = StageContext(node_id=f"{self.ctx.node_id} [{label}]", log=lambda message: None)
         try:
             self.quantizer.stage.run(stage_config, {k: v for k, v in self.inputs.items() if k not in ("torch", "recipe")}, out, sub)
-        except UserError as exc:  # this recipe cannot be built (a state the guard fails, a unit with nothing to keep)
+        except (UserError, ToolchainError) as exc:
+            # this recipe cannot be built: a state the guard fails, a unit with nothing to keep, or a file the toolchain
+            # made for it and cannot run (ai-edge-quantizer's int16x8 of one kept matmul: "Constant buffer 2 specified an
+            # out of range offset"); the search goes on, and a stock recipe that cannot be built fails its own stage
             shutil.rmtree(out, ignore_errors=True)
             failed = Evaluation(recipe, False, [f"cannot be built: {exc.message}"], math.inf, {}, 0, time.perf_counter() - started, label)
             self.evaluations.append(failed)
@@ -337,7 +340,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "7"
+    version = "8"  # 8: a candidate the toolchain cannot build is a failed evaluation
     tools = ("numpy", "torch")
     Config = SearchConfig
 
