@@ -34,8 +34,10 @@ release: $(STAMP)
 	@test -n "$(VERSION)" || { echo "usage: make release VERSION=x.y.z" >&2; exit 2; }
 	$(SP) release $(VERSION)
 
+# two worker processes (the machine's cores), each taking whole test modules so a module's shared build runs once;
+# the slowest tests are listed at the end
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --durations=25
 
 # cold vs warm builds, then the stock quantization recipe against speechport's for the default targets, in one run
 bench: $(STAMP)
