@@ -14,7 +14,9 @@ Each backend finds its encodings (the tensor carrying the state's integers, or n
 float) and calls `guard`: it writes one record per state pair to `guard.json` and fails with a
 `UserError` naming the tensor, both ranges and the backend's fix. Encodings are per-tensor: the recorded
 ranges are per-tensor min/max, so layout (a channels-last permutation) does not matter, and a per-axis
-encoding on a state is a broken assumption, not a user mistake.
+encoding on a state is a broken assumption, not a user mistake. Where a tensor holds only part of a state
+(one layer's slice of a multi-layer LSTM's state), the backend names the part's positions and the guard
+holds it to the range those positions take, from the calibrate stage's elementwise extents.
 """
 
 from __future__ import annotations
