@@ -25,7 +25,8 @@ def test_zoo_model_onnx_path_verifies_over_the_whole_split(name: str, tmp_path: 
         "chunk_ms": [20],
         "backends": {"onnxruntime": ["fp32"]},
         "verification": {"corpus": str(CORPUS), "split": "verification"},
-        "tolerances": nightly.get("tolerances", {}),  # the model's own documented bounds, if it has any
+        # the model's own documented bounds for what is built here, if it has any
+        "tolerances": {k: v for k, v in nightly.get("tolerances", {}).items() if k.removeprefix("onnxruntime.") == "fp32"},
     }
     graph = plan(load_manifest(write_manifest(tmp_path / "m.yaml", **manifest)))
     built = executor.execute(graph, Cache(cache_dir), manifest["name"])
