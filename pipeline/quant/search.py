@@ -230,8 +230,12 @@ class _Search:
             raise InternalError(f"{self.config.variant}: candidate {evaluation.label!r} was not kept for confirmation")
         started = time.perf_counter()
         runtime = self.quantizer.confirm_runtime
-        session = self.quantizer.confirm_session(evaluation.artifact_dir, self.config.confirm)
-        conditions, failures, score = self.stream(session, self.confirm_held)
+        try:
+            session = self.quantizer.confirm_session(evaluation.artifact_dir, self.config.confirm)
+        except ToolchainError as exc:  # the backend's own runtime refuses the candidate (HTP cannot finalize a 16-bit op)
+            conditions, failures, score = {}, [f"cannot run there: {exc.message}"], math.inf
+        else:
+            conditions, failures, score = self.stream(session, self.confirm_held)
         self.confirmations += 1
         evaluation.confirmed = {
             "runtime": runtime,

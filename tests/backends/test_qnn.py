@@ -306,6 +306,46 @@ def test_a_sixteen_bit_state_island_in_a8w8_gives_the_state_pair_one_16_bit_enco
     assert all(v["status"] != "error" for v in report["variants"]), report["variants"]
 
 
+def test_sixteen_bit_weights_in_a16w8_give_the_named_nodes_16_bit_weights_and_run_on_htp(tiny_target: dict) -> None:
+    tmp, document = tiny_target["tmp"], tiny_target["document"]
+    # node_linear is the head (Gemm); node_matmul's weight is read by another MatMul too (one per frame of a chunk)
+    changed = {**document, "qnn": {"sixteen_bit_weights": {"a16w8": ["node_linear", "node_matmul"]}}}
+    built, hits, graph = build(changed, tmp / "m4.yaml", tmp / "cache")
+    assert {node for node, hit in hits.items() if not hit} == {
+        "qnn-qdq-a16w8@20ms", "qnn-htp-a16w8@20ms", "verify:qnn-a16w8@20ms", "verify-noisy:qnn-a16w8@20ms", "report"
+    }
+    assert "quant-search:qnn-a16w8@20ms" not in graph.nodes and "quant-search:qnn-a8w8@20ms" in graph.nodes  # a pin
+    artifact = built["qnn-htp-a16w8@20ms"].path
+    contract = read_contract(artifact)
+    q = contract.quantization
+    assert q["source"] == "pin" and q["keep_ops"] == ["node_linear", "node_matmul"] and q["kept_at"] == "16-bit weights (a16w16 ops)"
+    import onnx
+
+    from pipeline.backends.qnn.qdq import weighted_nodes
+
+    weighted = weighted_nodes(onnx.load(str(built["qnn-legalize@20ms"].path / "model.onnx")).graph)
+    kept = {weighted[n][0] for n in ("node_linear", "node_matmul")}
+    assert len(kept) == 2 and set(q["covered"]) == {n for n, (w, _) in weighted.items() if w in kept}, q["covered"]
+    encodings = contract.backend_metadata["qnn"]["encodings"]
+    names = {w for w, _ in weighted.values()}
+    assert {n: (encodings[n]["bitwidth"], encodings[n]["dtype"]) for n in names} == {
+        n: (16, "int16") if n in kept else (8, "uint8") for n in names
+    }  # the named nodes' weights at 16 bits, every other weight still 8-bit
+    assert all(b.dtype == "uint16" for b in contract.bindings.values())  # activations are 16-bit as before
+    report = json.loads((built["report"].path / "report.json").read_text())
+    assert all(v["status"] != "error" for v in report["variants"]), report["variants"]  # the HTP stage compiled it, no fallback
+
+    # 16-bit weights need 16-bit activations on HTP: an a8w8 entry is refused with the manifest
+    with pytest.raises(UserError) as caught:
+        build({**document, "qnn": {"sixteen_bit_weights": {"a8w8": ["node_linear"]}}}, tmp / "m5.yaml", tmp / "cache")
+    assert "sixteen_bit_weights" in str(caught.value) and "a16w8" in str(caught.value), str(caught.value)
+    # a name that matches no node with a weight fails that variant's stage, listing the nodes that have one
+    built, _, _ = build({**document, "qnn": {"sixteen_bit_weights": {"a16w8": ["node_nope*"]}}}, tmp / "m6.yaml", tmp / "cache")
+    failed = next(v for v in json.loads((built["report"].path / "report.json").read_text())["variants"] if v["name"] == "qnn-a16w8@20ms")
+    message = failed["failures"][0]
+    assert failed["status"] == "error" and "node_nope*" in message and "nodes with weights: " in message and "node_linear" in message, message
+
+
 def test_legalize_rewrites_ops_htp_lacks_exactly_and_the_result_runs_on_htp(tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -401,7 +441,7 @@ def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_c
     recipe = json.loads((built[node].path / "recipe.json").read_text())
     assert recipe["source"] == "search" and recipe["calibration"] in ("minmax", "percentile")
     if precision == "a16w8":
-        assert recipe["keep_states"] == recipe["keep_ops"] == []  # nothing is kept at 16 bits in a 16-bit graph
+        assert recipe["keep_states"] == recipe["keep_frontends"] == []  # every activation is 16-bit already: only weights are kept
     # the candidates streamed on the CPU EP over the held-out speech; the choice on the simulator over its first 5 s
     held_out = search["held_out"]["clean"]["seconds"]
     assert 5.2 < held_out <= 9 and search["evaluations_run"] >= 1
@@ -421,6 +461,9 @@ def test_the_search_picks_a_recipe_confirmed_on_the_simulator_and_the_contract_c
     assert q["search"]["confirmed"] == confirmed and q["search"]["met"] == search["met"]
     sixteen = [name for name in q["keep_states"] if contract.bindings[name].dtype == "uint16"]
     assert sixteen == q["keep_states"]  # a kept state is a 16-bit island with 16-bit I/O
+    assert q["kept_at"] == {"a8w8": "16-bit activations", "a16w8": "16-bit weights (a16w16 ops)"}[precision]
+    if precision == "a16w8":  # ranked by what each weight alone does to the outputs
+        assert search["sensitivity"] and all("weight_sqnr_db" in f for f in search["sensitivity"])
     # deterministic, confirmation included (wall clock goes to timings.json): the same inputs, the same artifact
     again, _ = run_search(tiny_target, tmp_path / "again", precision)
     assert (tmp_path / "again" / "search.json").read_bytes() == (built[node].path / "search.json").read_bytes()

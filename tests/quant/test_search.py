@@ -140,3 +140,53 @@ def test_a_wide_range_over_small_values_ranks_first() -> None:
     assert [f["node"] for f in ranked] == ["cell", "proj"]
     assert grid_sqnr(small, 8, float(small.min()), float(small.max())) > 35 > ranked[0]["sqnr_alone_db"]
     assert grid_sqnr(np.zeros(4), 8, 0.0, 0.0) == math.inf
+
+
+def test_an_a16w8_weight_ranks_by_what_it_alone_does_to_the_outputs(tmp_path: Path) -> None:
+    """QNN's a16w8 units are weights kept at 16 bits; the ranking is the error each weight alone on its 8-bit grid adds
+    at the model's outputs: a fine grid on the path that makes the output ranks above a coarse one on a path that
+    hardly reaches it, whatever the weights' own SQNR says."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.backends.qnn.qdq import QdqConfig
+    from pipeline.backends.qnn.recipe import fake_quantized, weight_sensitivity
+    from pipeline.cache import Artifact
+    from pipeline.contract import Contract, identity_bindings, write_contract
+    from pipeline.spec import StreamSpec
+
+    rng = np.random.default_rng(0)
+    first = rng.normal(0, 1, (80, 8)).astype(np.float32)
+    first[0, 0] = 40.0  # one outlier: a coarse grid for the rest (the lower weight SQNR) ...
+    second = rng.normal(0, 1, (80, 8)).astype(np.float32)
+    # ... but it reaches the output scaled by 1e-3, next to the second's full-scale path
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"], name="small_path"),
+        helper.make_node("Mul", ["a", "g1"], ["b"], name="gain1"),
+        helper.make_node("MatMul", ["x", "w2"], ["c"], name="large_path"),
+        helper.make_node("Add", ["b", "c"], ["y"], name="sum"),
+    ]
+    inits = [numpy_helper.from_array(first, "w1"), numpy_helper.from_array(second, "w2"), numpy_helper.from_array(np.float32(1e-3), "g1")]
+    io = lambda name, width: helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, width])  # noqa: E731
+    graph = helper.make_graph(nodes, "two", [io("x", 80)], [io("y", 8)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    spec = StreamSpec.model_validate(
+        {
+            "chunk_ms": 20,
+            "frontend": {"kind": "logmel"},
+            "inputs": [{"name": "x", "shape": [2, 80], "time_axis": 0}],
+            "outputs": [{"name": "y", "shape": [2, 8], "time_axis": 0}],
+        }
+    )
+    contract = Contract(target="t", model="tests", backend="onnxruntime", precision="fp32", artifact="model.onnx", stream=spec, bindings=identity_bindings(spec))
+    write_contract(tmp_path, contract)
+    samples = [{"x": rng.normal(0, 1, (2, 80)).astype(np.float32)} for _ in range(16)]
+    ranked = weight_sensitivity({"model": Artifact("qnn-legalize", "", tmp_path, "")}, QdqConfig(precision="a16w8"), samples)
+    assert [f["node"] for f in ranked] == ["large_path", "small_path"], ranked
+    by_name = {f["node"]: f for f in ranked}
+    assert by_name["small_path"]["weight_sqnr_db"] < by_name["large_path"]["weight_sqnr_db"]  # the weights' own order is the other way
+    # the grid: asymmetric min-max, 256 levels, zero exact; one scale per output channel where asked
+    grid = fake_quantized(first, 8, None)
+    assert np.abs(grid - first).max() <= (first.max() - first.min()) / 255 / 2 + 1e-6 and np.unique(grid).size <= 256
+    per_channel = fake_quantized(first, 8, 0)
+    assert np.abs(per_channel[1:] - first[1:]).max() < np.abs(grid[1:] - first[1:]).max()  # channels without the outlier: a finer grid

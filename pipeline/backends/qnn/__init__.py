@@ -41,6 +41,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
         sixteen_bit=options.sixteen_bit.get(precision, ()),  # type: ignore[call-overload]
         sixteen_bit_frontends=options.sixteen_bit_frontends.get(precision, ()),  # type: ignore[call-overload]
+        sixteen_bit_weights=options.sixteen_bit_weights.get(precision, ()),  # type: ignore[call-overload]
     )
     legalized = lowering.add(Node(f"qnn-legalize{suffix}", QnnLegalizeStage, QnnLegalizeConfig(), (("model", lowering.onnx()),)))
     qdq_inputs: tuple[tuple[str, str], ...] = (("model", legalized), ("calibration", calibration))

@@ -41,8 +41,12 @@ def _compile(request: CompileRequest) -> None:
 
     step = "placement"
     try:
-        # verbose: the EP logs 'Validation FAILED ... Operator type ... Node name ... REASON' per node it refuses
-        htp_session(request.model, log_severity=0)
+        # verbose: the EP logs 'Validation FAILED ... Operator type ... Node name ... REASON' per node it refuses.
+        # On each SoC's own HTP generation: what HTP runs depends on it (a MatMul with 16-bit weights runs as a16w16
+        # FullyConnected on v73 and v75, not on the EP's default generation)
+        for soc in request.socs:
+            step = f"placement {soc.label}"
+            htp_session(request.model, soc_options(soc.soc_model, soc.htp_arch), log_severity=0)
         step = "dlc"
         dlc = request.out / DLC_DIR
         dlc.mkdir(parents=True)

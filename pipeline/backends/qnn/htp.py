@@ -1,8 +1,8 @@
 """qnn-htp: the QDQ graph compiled for the Hexagon DSP, every node on HTP, plus the files a DSP integration receives.
 
-- placement: onnxruntime's QNN EP on the HTP backend with CPU fallback disabled; a node HTP cannot
-  run fails the stage with its name, op type, the EP's reason and, where one exists, the rewrite
-  that would legalize it;
+- placement: onnxruntime's QNN EP on the HTP backend of each SoC's generation with CPU fallback
+  disabled; a node HTP cannot run fails the stage with the SoC, its name, op type, the EP's reason
+  and, where one exists, the rewrite that would legalize it;
 - `model.dlc`: the graph as a Qualcomm DLC container (QNN IR backend);
 - `htp/<arch>-<soc>/model_ctx.onnx` + `model_ctx_qnn.bin`: an EP-context model and its QNN
   context binary per SoC the manifest lists;
@@ -77,7 +77,8 @@ def placement_error(refused: list[dict[str, str]], failure: dict, variant: str, 
             fix += " (qnn-legalize applies it to the float graph; this node came after it)"
         parts.append(f"node {r['node']!r} ({r['op']}): {r['reason']}" + (f"; legalization: {fix}" if fix else "; no known legalization"))
     return ToolchainError(
-        f"HTP cannot run {len(ops)} node(s) and CPU fallback is disabled (the whole graph must run on the DSP): " + "; ".join(parts),
+        f"HTP cannot run {len(ops)} node(s) ({failure['step']}) and CPU fallback is disabled (the whole graph must run on the "
+        "DSP): " + "; ".join(parts),
         tool=TOOL,
         stage=where,
         variant=variant,
@@ -144,7 +145,7 @@ def check_contexts(out: Path, socs: tuple[Soc, ...], recorded: dict[str, np.ndar
 
 class HtpStage(Stage):
     name = "qnn-htp"
-    version = "1"
+    version = "2"  # 2: placement checked on each SoC's own HTP generation
     tools = ("onnx", "onnxruntime", "onnxruntime-qnn")
     Config = HtpConfig
 

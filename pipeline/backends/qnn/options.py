@@ -71,6 +71,11 @@ class QnnOptions(BaseModel):
         description="a8w8 only: ONNX node names or graph inputs (or shell-style patterns of them, e.g. node_Conv_*) whose "
         "values are quantized to 16 bits, e.g. a raw-PCM front end whose values no 8-bit grid holds.",
     )
+    sixteen_bit_weights: dict[Literal["a16w8"], tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="a16w8 only: ONNX node names (or shell-style patterns) whose weights are quantized to 16 bits "
+        "(symmetric int16, so HTP runs the op as a16w16), e.g. the output layer whose 8-bit weights flip near-tied logits.",
+    )
     calibration_samples: int | None = Field(
         None, gt=0, description="Recorded (chunk, state) pairs to calibrate on (evenly spaced); None: every recorded pair."
     )

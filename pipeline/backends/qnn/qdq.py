@@ -3,7 +3,9 @@
 `get_qnn_qdq_config` sets the overrides QNN needs (16-bit Sigmoid/Tanh encodings, per-tensor
 MatMul weights, per-channel Conv weights when asked), `quantize_static` calibrates on the
 calibrate stage's recorded pairs: min-max, or the percentile of each tensor's histogram (a recipe's
-`calibration`; the recipe, searched or pinned, is recorded in the contract's `quantization`). Then:
+`calibration`; the recipe, searched or pinned, is recorded in the contract's `quantization`). A recipe's
+higher-precision parts: in a8w8, 16-bit activation islands (states' recurrences, a PCM front end, single
+nodes); in a16w8, single nodes' weights at 16 bits (symmetric int16: HTP runs them as a16w16). Then:
 
 - the state-range guard: every state output must be able to represent the range its state input
   takes on real speech, since it is fed back as that input. onnxruntime's quantizer gives a tensor
@@ -57,6 +59,11 @@ class QdqConfig(StageConfig):
         (),
         description="a8w8 only: chunk inputs (raw PCM) quantized to 16 bits with their front end (every op on a path to the "
         "spectrum's log; the log's own output stays 8-bit, which HTP needs: a 16-bit Log fails graph finalization).",
+    )
+    sixteen_bit_weights: tuple[str, ...] = Field(
+        (),
+        description="a16w8 only: ONNX node names (or shell-style patterns of them) whose weights are quantized to 16 bits "
+        "(symmetric int16, per channel where the op takes it), so HTP runs those ops as a16w16; every other weight stays 8-bit.",
     )
     calibrate_method: Literal["minmax", "percentile"] = Field(
         "minmax",
@@ -163,6 +170,41 @@ def sixteen_bit_tensors(graph, patterns: tuple[str, ...], variant: str) -> list[
     return list(found)
 
 
+WEIGHTED_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (0, 1)}  # the inputs a weight can be
+CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}  # where QNN takes per-channel weights (never MatMul or Gemm)
+
+
+def weighted_nodes(graph) -> dict[str, tuple[str, str]]:
+    """Node name -> (its weight initializer, its op type), for the ops that take a float weight of at least 2 dimensions."""
+    initializers = {t.name: t for t in graph.initializer}
+    found = {}
+    for n in graph.node:
+        for k in WEIGHTED_OPS.get(n.op_type, ()):
+            weight = initializers.get(n.input[k]) if k < len(n.input) else None
+            if weight is not None and len(weight.dims) >= 2 and weight.data_type == 1:  # TensorProto.FLOAT
+                found[n.name] = (weight.name, n.op_type)
+                break
+    return found
+
+
+def sixteen_bit_weights(graph, patterns: tuple[str, ...], variant: str) -> dict[str, str]:
+    """The weight initializers (-> their op type) of the nodes each pattern names; a pattern matching no weighted node
+    fails, listing them."""
+    from fnmatch import fnmatchcase
+
+    weighted = weighted_nodes(graph)
+    found: dict[str, str] = {}
+    for pattern in patterns:
+        hits = {w: op for name, (w, op) in weighted.items() if fnmatchcase(name, pattern)}
+        if not hits:
+            raise UserError(
+                f"{variant}: qnn.sixteen_bit_weights names {pattern!r}, which matches no ONNX node with a weight "
+                f"({', '.join(sorted(WEIGHTED_OPS))}); nodes with weights: {', '.join(weighted) or 'none'}"
+            )
+        found |= hits
+    return found
+
+
 def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dict], recorded: dict[str, np.ndarray], config: QdqConfig) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
@@ -190,6 +232,14 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
         # onnxruntime's percentile calibrator is symmetric by default, which wastes half of an unsigned grid on a
         # non-negative tensor (a Relu's, a Sigmoid's); asymmetric keeps min-max's zero point placement
         qnn.extra_options |= {"CalibPercentile": PERCENTILE, "CalibTensorRangeSymmetric": False}
+    for weight, op in sixteen_bit_weights(graph, config.sixteen_bit_weights, config.variant).items():
+        # an override on the initializer: symmetric int16 (HTP's 16-bit weights); an override without an axis would
+        # make it per-tensor, so a Conv's keeps its per-channel scales where the rest have them
+        first, *rest = qnn.extra_options["TensorQuantOverrides"].get(weight) or [{}]
+        entry = {**first, "quant_type": QuantType.QInt16, "symmetric": True}
+        if config.per_channel and op in CHANNEL_AXIS:
+            entry.setdefault("axis", CHANNEL_AXIS[op])
+        qnn.extra_options["TensorQuantOverrides"][weight] = [entry, *rest]
     # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
     if config.state_range_overrides:
         with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph)
@@ -211,7 +261,7 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "7"
+    version = "8"  # 8: sixteen_bit_weights (a16w16 ops in an a16w8 graph)
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
@@ -230,6 +280,10 @@ class QdqStage(Stage):
         config, recipe = with_recipe(get_backend("qnn").load_quantizer(), config, inputs, config.precision)
         if (config.sixteen_bit_states or config.sixteen_bit or config.sixteen_bit_frontends) and config.precision != "a8w8":
             raise UserError(f"{variant}: sixteen_bit(_states) applies to a8w8 (a16w8 quantizes every activation to 16 bits)", where=ctx.node_id)
+        if config.sixteen_bit_weights and config.precision != "a16w8":
+            raise UserError(
+                f"{variant}: sixteen_bit_weights applies to a16w8 (HTP runs 16-bit weights with 16-bit activations)", where=ctx.node_id
+            )
         if "calibration" not in inputs:
             raise InternalError(f"{variant}: a qnn-qdq node was planned without a calibration input")
         calibration = inputs["calibration"].path
