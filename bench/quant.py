@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-HAND_LISTS = ("keep_float", "keep_float_states", "sixteen_bit", "sixteen_bit_states")
+# every backend option that pins a recipe (a hand list): the searched builds drop them
+HAND_LISTS = (
+    "keep_float", "keep_float_states", "keep_float_frontends",  # LiteRT (keep_float_states: Core ML's too)
+    "keep_fp16_ops", "keep_float_weights",  # Core ML
+    "sixteen_bit", "sixteen_bit_states", "sixteen_bit_frontends", "sixteen_bit_weights",  # QNN
+)  # fmt: skip
 
 
 def quantized_only(document: dict) -> dict:
