@@ -85,9 +85,10 @@ class CalibrateStage(Stage):
             high = {name: -np.inf for name in names}
 
             def record(k: int, feeds: dict[str, np.ndarray], results: dict[str, np.ndarray], offset: int = offset, low: dict = low, high: dict = high) -> None:
-                for name, value in (*feeds.items(), *results.items()):
-                    low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
                 values = {**feeds, **results}
+                bounds = {name: (float(value.min()), float(value.max())) for name, value in values.items()}  # one pass, both uses
+                for name, (lowest, highest) in bounds.items():
+                    low[name], high[name] = min(low[name], lowest), max(high[name], highest)
                 for state in spec.states:
                     value = np.asarray(feeds[state.input], np.float32)
                     if state.input in extents:
@@ -96,7 +97,7 @@ class CalibrateStage(Stage):
                     else:
                         extents[state.input] = [value.copy(), value.copy()]
                 for name in state_names:
-                    for end, value in (("min", float(values[name].min())), ("max", float(values[name].max()))):
+                    for end, value in zip(("min", "max"), bounds[name]):
                         best = extremes.get((name, end))
                         if best is None or (value < best[0] if end == "min" else value > best[0]):
                             extremes[(name, end)] = (value, offset + k, {n: np.array(feeds[n]) for n in spec.input_names})
