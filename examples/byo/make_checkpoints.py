@@ -1,6 +1,7 @@
 """Deterministically initialized checkpoints for the bring-your-own examples: python examples/byo/make_checkpoints.py
 
 Each example ships the weights its manifest names; they are seeded, so this script rewrites them byte for byte.
+The examples `train.py` trains (lstmcell_logmel) are not rewritten: their weights come from training.
 """
 
 import importlib
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = {"pcm_vad": "gru_vad", "pcm_vad_lstmcell": "lstmcell_vad", "lstm_logmel": "lstm_recognizer", "lstmcell_logmel": "cell_recognizer", "causal_conv": "conv_recognizer", "attention_kv": "kv_recognizer"}
+EXAMPLES = {"pcm_vad": "gru_vad", "pcm_vad_lstmcell": "lstmcell_vad", "lstm_logmel": "lstm_recognizer", "causal_conv": "conv_recognizer", "attention_kv": "kv_recognizer"}
 
 for directory, module in EXAMPLES.items():
     sys.path.insert(0, str(HERE / directory))

@@ -344,7 +344,7 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "8"  # 8: a candidate the toolchain cannot build is a failed evaluation
+    version = "10"  # 10: log-probability CTC outputs compare as posteriors, as verification does
     tools = ("numpy", "torch")
     Config = SearchConfig
 

@@ -14,10 +14,17 @@ def closed_loop_figures(spec, stream, reference: dict[str, np.ndarray], outputs:
     from pipeline.audio.stream import truth_cer
     from pipeline.spec import DECISION_KINDS
     from pipeline.verify.decisions import decision_figures, worst_decisions
-    from pipeline.verify.metrics import compare, per_frame
+    from pipeline.verify.metrics import COMPARED_AS_PROBABILITIES, as_probabilities, compare, log_probability_outputs, per_frame
 
     steps = len(stream.chunks)
-    metrics = {o.name: compare(reference[o.name], outputs[o.name], steps, window) for o in spec.outputs}
+    # log-probabilities compare as the posteriors they encode (metrics.COMPARED_AS_PROBABILITIES)
+    logp = log_probability_outputs(spec, reference)
+    metrics = {
+        o.name: compare(as_probabilities(reference[o.name]), as_probabilities(outputs[o.name]), steps, window) | {"compared_as": COMPARED_AS_PROBABILITIES}
+        if o.name in logp
+        else compare(reference[o.name], outputs[o.name], steps, window)
+        for o in spec.outputs
+    }
     extra: dict[str, float | str] = {}
     record: dict = {}
     decided: dict[str, dict] = {}

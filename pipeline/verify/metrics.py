@@ -8,6 +8,12 @@ import numpy as np
 
 # errors below this fraction of an output's RMS are rounding, not drift: they do not count in the drift ratio
 DRIFT_FLOOR = 1e-4
+# A CTC output that is log-probabilities (log_softmax in the model) is compared as the posteriors it encodes, exp of
+# its values: a decoder reads those, and log-probabilities weigh an error in a class at one in a million like one in
+# the class decoded. Core ML's fp16 log_softmax returns -103 for a class PyTorch puts at -17 (exp(-17) is below fp16's
+# smallest subnormal); int16x8 LiteRT puts classes PyTorch has at -8 at -13. As log-probabilities such files failed
+# at SQNR 2.6 and 14 dB with their transcripts unchanged; as posteriors the error is what moves a decision.
+COMPARED_AS_PROBABILITIES = "probabilities (exp of the log-probability output)"
 
 
 def sqnr_db(reference: np.ndarray, error: np.ndarray) -> float:
@@ -51,3 +57,20 @@ def per_frame(outputs: np.ndarray, time_axis: int) -> np.ndarray:
     """[steps, *chunk_shape] -> [frames, classes], frames from all chunks in time order."""
     moved = np.moveaxis(outputs, time_axis + 1, 1)
     return moved.reshape(-1, moved.shape[-1])
+
+
+def log_probability_outputs(spec, reference: dict[str, np.ndarray]) -> set[str]:
+    """The CTC outputs whose reference frames are log-probabilities: every value <= 0 and each frame's probabilities
+    summing to 1."""
+    found = set()
+    for o in spec.outputs:
+        if o.kind != "ctc_logits" or o.name not in reference:
+            continue
+        frames = per_frame(reference[o.name], o.time_axis).astype(np.float64)
+        if frames.size and frames.max() <= 1e-5 and np.abs(np.log(np.exp(frames).sum(axis=-1))).max() <= 1e-3:
+            found.add(o.name)
+    return found
+
+
+def as_probabilities(values: np.ndarray) -> np.ndarray:
+    return np.exp(values.astype(np.float64))

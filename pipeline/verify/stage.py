@@ -62,10 +62,11 @@ def op_histogram(artifact_dir: Path, artifact: str) -> dict[str, int]:
 
 def teacher_forced(session, chunks: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray], teacher_dir: Path) -> dict[str, dict]:
     """Per output (states included): max abs error, largest |reference| and SQNR over calls fed the reference's state."""
-    from pipeline.verify.metrics import sqnr_db
+    from pipeline.verify.metrics import as_probabilities, log_probability_outputs, sqnr_db
 
     steps, state_in, state_out = load_teacher(teacher_dir)
     spec = session.spec
+    logp = log_probability_outputs(spec, reference)  # compared as posteriors, as in the closed loop
     expected_of = {o.name: (lambda k, i, name=o.name: reference[name][k]) for o in spec.outputs}
     expected_of |= {s.output: (lambda k, i, name=s.output: state_out[name][i]) for s in spec.states}
     errors: dict[str, list[np.ndarray]] = {name: [] for name in expected_of}
@@ -73,8 +74,8 @@ def teacher_forced(session, chunks: list[dict[str, np.ndarray]], reference: dict
     for i, k in enumerate(steps.tolist()):
         got = session.call({**chunks[k], **{s.input: state_in[s.input][i] for s in spec.states}})
         for name, expected in expected_of.items():
-            value = expected(k, i)
-            errors[name].append((got[name] - value).ravel())
+            value, candidate = (as_probabilities(expected(k, i)), as_probabilities(got[name])) if name in logp else (expected(k, i), got[name])
+            errors[name].append((candidate - value).ravel())
             expected_values[name].append(np.ravel(value))
     result = {}
     for name in expected_of:
@@ -85,7 +86,7 @@ def teacher_forced(session, chunks: list[dict[str, np.ndarray]], reference: dict
 
 class VerifyStage(Stage):
     name = "verify"
-    version = "7"
+    version = "9"  # 9: log-probability CTC outputs compare as posteriors (metrics.COMPARED_AS_PROBABILITIES)
     tools = ("numpy",)
     Config = VerifyConfig
 

@@ -156,3 +156,34 @@ def test_a_models_own_bounds_apply_between_the_backends_and_the_manifests(tmp_pa
     merged = FLOAT32.merged(model).merged(Tolerance(max_abs=2e-4))
     assert merged.max_abs == 2e-4 and merged.min_sqnr_db == 60.0 and merged.min_cosine == FLOAT32.min_cosine
     assert model_tolerance(trace, "int8") is None
+
+
+def test_log_probabilities_compare_as_posteriors_and_logits_as_they_are() -> None:
+    """A CTC output that is log_softmax compares as the posteriors it encodes: an fp16 runtime's underflow of a class
+    PyTorch puts at -17 (Core ML gives -103) is no error, a wrong decision is; raw logits compare as they are."""
+    import torch
+
+    from pipeline.spec import StreamSpec
+    from pipeline.verify.metrics import as_probabilities, compare, log_probability_outputs
+
+    spec = StreamSpec.model_validate(
+        {
+            "chunk_ms": 20,
+            "frontend": {"kind": "logmel"},
+            "inputs": [{"name": "feats", "shape": [1, 2, 80], "time_axis": 1}],
+            "outputs": [{"name": "log_probs", "shape": [1, 2, 29], "time_axis": 1, "kind": "ctc_logits"}],
+            "decoder": {"kind": "ctc_greedy", "vocabulary": " 'abcdefghijklmnopqrstuvwxyz"},
+        }
+    )
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 6, (100, 1, 2, 29)).astype(np.float32)
+    reference = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    assert reference.min() < -20  # classes far below one in a million
+    assert log_probability_outputs(spec, {"log_probs": reference}) == {"log_probs"}
+    assert log_probability_outputs(spec, {"log_probs": logits}) == set()  # raw logits: compared as they are
+
+    underflow = np.where(reference < -16.6, np.float32(-103.25), reference)  # what fp16 exp/log gives there
+    assert compare(reference, underflow, 100, 10)["sqnr_db"] < 20  # as log-probabilities: broken by every bound
+    assert compare(as_probabilities(reference), as_probabilities(underflow), 100, 10)["max_abs"] < 1e-7
+    wrong = np.ascontiguousarray(reference[..., ::-1])  # the classes in reverse: another transcript
+    assert compare(as_probabilities(reference), as_probabilities(wrong), 100, 10)["sqnr_db"] < INT8_ACTIVATIONS.min_sqnr_db
