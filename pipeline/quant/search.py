@@ -265,11 +265,15 @@ def confirmed_search(s: _Search, states: list[Unit], ranked_ops: list[str], meth
     one that misses there now fails, and the search is run again: the evaluations it streamed are replayed from
     `seen`, so it goes on from that candidate with new units. Ends at a confirmed candidate, a candidate that fails
     on the proxy too (reported unmet, its figures on the backend's runtime recorded all the same), or
-    `max_confirmations`."""
+    `max_confirmations`: the proxy has misled that often, so of the candidates streamed on the backend's own runtime
+    the one closest to the goal there is kept (unmet) rather than a new proxy pick nobody ran there."""
     while True:
         chosen, effects = search(s, states, ranked_ops, methods)
-        if not s.confirming or chosen.confirmed is not None or s.confirmations >= s.config.max_confirmations:
+        if not s.confirming or chosen.confirmed is not None:
             return chosen, effects
+        if s.confirmations >= s.config.max_confirmations:
+            ran_there = [e for e in s.evaluations if e.confirmed is not None]
+            return min(ran_there, key=lambda e: (round(e.confirmed["score"], 9), e.size_bytes)), effects
         proxy_passed = chosen.passed
         s.confirm(chosen)
         if chosen.passed or not proxy_passed:
@@ -344,7 +348,9 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
-    version = "10"  # 10: log-probability CTC outputs compare as posteriors, as verification does
+    # 11: out of confirmations, the best candidate run on the backend's own runtime is kept;
+    # 10: log-probability CTC outputs compare as posteriors, as verification does
+    version = "11"
     tools = ("numpy", "torch")
     Config = SearchConfig
 
@@ -432,8 +438,6 @@ class SearchStage(Stage):
             note = f", confirmed on {runtime}" if state.confirming else ""
         elif chosen.confirmed is not None and not chosen.confirmed["passed"]:
             note = f" (goal NOT met on held-out speech on {runtime})"
-        elif chosen.passed:
-            note = f" (goal NOT met: not confirmed on {runtime}, {state.confirmations} confirmations run)"
         else:
             note = " (goal NOT met on held-out speech)"
         ctx.log(f"{config.variant}: {recipe.describe()} after {len(state.evaluations)} evaluations{note}")
