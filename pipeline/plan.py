@@ -31,7 +31,7 @@ from pipeline.export.trace import TraceConfig, TraceStage
 from pipeline.manifest import Manifest
 from pipeline.model import source_digest
 from pipeline.spec import ChunkLength
-from pipeline.report.stage import ReportConfig, ReportStage, VariantInfo, noisy_role
+from pipeline.report.stage import ReportConfig, ReportStage, VariantInfo, noisy_role, search_role
 from pipeline.verify.calibrate import CalibrateConfig, CalibrateStage
 from pipeline.verify.reference import ReferenceConfig, ReferenceStage
 from pipeline.verify.stage import VerifyConfig, VerifyStage
@@ -41,7 +41,7 @@ from pipeline.verify.stage import VerifyConfig, VerifyStage
 class PlanContext:
     manifest: Manifest
     nodes: list[Node] = field(default_factory=list)
-    searched: set[str] = field(default_factory=set)  # variants whose recipe a search picks (verified against the goal)
+    searched: dict[str, str] = field(default_factory=dict)  # variant -> its quant-search node (verified against the goal)
 
     def add(self, node: Node) -> str:
         if node.id not in {n.id for n in self.nodes}:
@@ -104,8 +104,8 @@ class PlanContext:
             max_confirmations=q.max_confirmations,
             confirm=confirm or {},
         )
-        self.searched.add(name)
-        return self.add(Node(f"quant-search:{name}", SearchStage, search, (*inputs, ("torch", traced))))
+        self.searched[name] = self.add(Node(f"quant-search:{name}", SearchStage, search, (*inputs, ("torch", traced))))
+        return self.searched[name]
 
     def onnx(self, suffix: str, traced: str) -> str:
         """The simplified ONNX graph, planned only for backends that lower from ONNX (Core ML converts the trace itself)."""
@@ -183,6 +183,8 @@ def plan(manifest: Manifest) -> Graph:
                     noisy = config.model_copy(update={"data": noisy_data})
                     inputs = (("model", artifact), ("reference", noisy_reference), ("torch", traced))
                     report_inputs.append((noisy_role(name), ctx.add(Node(f"verify-noisy:{name}", VerifyStage, noisy, inputs))))
+                if name in ctx.searched:  # the recipe's latency cost, timed by its search
+                    report_inputs.append((search_role(name), ctx.searched[name]))
                 variants.append(
                     VariantInfo(
                         name=name,

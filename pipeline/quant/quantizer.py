@@ -59,6 +59,8 @@ class Quantizer:
         """The runtime a candidate is streamed on."""
         raise NotImplementedError
 
+    # what `session` runs, for the record (its calls time the recipe's latency cost); "": the backend's own runtime
+    search_runtime: ClassVar[str] = ""
     # what `confirm_session` runs, for the record; "" when `session` already is the backend's own runtime
     confirm_runtime: ClassVar[str] = ""
 

@@ -21,7 +21,9 @@ over them (by default CER within 1 point of PyTorch's transcript, decisions agre
 
 Deterministic (ordered candidates, seeded data, single-threaded runtimes), so the same inputs give
 the same recipe, cached like any artifact. `recipe.json` holds the choice, `search.json` every
-evaluation, the sensitivity table and the goal; wall-clock figures go to `timings.json`.
+evaluation, the sensitivity table and the goal; wall-clock figures go to `timings.json`, among them
+what the recipe costs in latency: the median call of the stock candidate and of the chosen one, both
+streamed over the same held-out speech on the same runtime in the same run.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Evaluation:
     artifact_dir: Path | None = None  # kept until the search ends where a candidate may be confirmed
     confirmed: dict[str, Any] | None = None  # its figures on the backend's own runtime
     confirm_seconds: float | None = None  # wall clock: timings.json, not search.json (the artifact stays deterministic)
+    call_ms_p50: float | None = None  # median call on the search runtime over the held-out streams (wall clock, likewise)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -179,7 +182,7 @@ class _Search:
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
-        conditions, failures, score = self.stream(self.quantizer.session(out), self.held)
+        conditions, failures, score, call_seconds = self.stream(self.quantizer.session(out), self.held)
         contract = read_contract(out)
         evaluation = Evaluation(
             recipe=recipe,
@@ -191,6 +194,7 @@ class _Search:
             seconds=time.perf_counter() - started,
             label=label,
             artifact_dir=out if self.confirming else None,
+            call_ms_p50=float(np.median(call_seconds) * 1000),
         )
         if not self.confirming:
             shutil.rmtree(out, ignore_errors=True)
@@ -203,13 +207,15 @@ class _Search:
         )
         return evaluation
 
-    def stream(self, session: Any, held: list[_Held]) -> tuple[dict[str, dict], list[str], float]:
-        """Each held-out condition streamed on `session`, on its own state, judged by the closed-loop bounds."""
+    def stream(self, session: Any, held: list[_Held]) -> tuple[dict[str, dict], list[str], float, np.ndarray]:
+        """Each held-out condition streamed on `session`, on its own state, judged by the closed-loop bounds. Also
+        returns the wall clock of every call."""
         from pipeline.verify.figures import closed_loop_figures
 
-        conditions, failures, score = {}, [], 0.0
+        conditions, failures, score, call_seconds = {}, [], 0.0, []
         for h in held:
-            outputs, _ = session.stream(h.stream.chunks)
+            outputs, seconds = session.stream(h.stream.chunks)
+            call_seconds.append(np.asarray(seconds, dtype=np.float64))
             steps = len(h.stream.chunks)
             metrics, extra, _record = closed_loop_figures(session.spec, h.stream, h.reference, outputs, h.transcript, steps)
             for m in metrics.values():  # no teacher-forced calls in the search (their bounds are off): the closed loop is judged
@@ -222,7 +228,7 @@ class _Search:
                 "sqnr_db": {name: m["sqnr_db"] for name, m in metrics.items()},
                 "passed": not found,
             }
-        return conditions, failures, score
+        return conditions, failures, score, np.concatenate(call_seconds)
 
     def confirm(self, evaluation: Evaluation) -> None:
         """Stream the candidate on the backend's own runtime; one that misses the bounds there no longer passes."""
@@ -235,7 +241,7 @@ class _Search:
         except ToolchainError as exc:  # the backend's own runtime refuses the candidate (HTP cannot finalize a 16-bit op)
             conditions, failures, score = {}, [f"cannot run there: {exc.message}"], math.inf
         else:
-            conditions, failures, score = self.stream(session, self.confirm_held)
+            conditions, failures, score, _ = self.stream(session, self.confirm_held)
         self.confirmations += 1
         evaluation.confirmed = {
             "runtime": runtime,
@@ -348,9 +354,10 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
+    # 12: timings.json carries the stock and the chosen candidate's median call (the recipe's latency cost);
     # 11: out of confirmations, the best candidate run on the backend's own runtime is kept;
     # 10: log-probability CTC outputs compare as posteriors, as verification does
-    version = "11"
+    version = "12"
     tools = ("numpy", "torch")
     Config = SearchConfig
 
@@ -431,6 +438,12 @@ class SearchStage(Stage):
             "sensitivity_seconds": sensitivity_seconds,
             "evaluation_seconds": [e.seconds for e in state.evaluations],
             "confirmation_seconds": [e.confirm_seconds for e in state.evaluations if e.confirm_seconds is not None],
+            # what the recipe costs in latency, stock and chosen streamed over the same held-out speech on one runtime
+            "latency": {
+                "runtime": quantizer.search_runtime or get_backend(config.backend).runtime_label or config.backend,
+                "stock_call_ms_p50": stock.call_ms_p50,
+                "chosen_call_ms_p50": chosen.call_ms_p50,
+            },
         }
         (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=1) + "\n")
         runtime = quantizer.confirm_runtime

@@ -31,10 +31,12 @@ def quantization_lines(verified: list[dict]) -> list[str]:
         "Each quantized variant's recipe: searched (the stock recipe streamed over held-out calibration speech on the "
         "variant's own runtime, then the most sensitive units kept at higher precision until its bounds held), pinned "
         "by the target's hand lists, or stock. Before/after: the held-out figures of the stock recipe and of the one "
-        "chosen. Per-tensor sensitivity: `sensitivity.png`.",
+        "chosen. Size and latency cost: the chosen recipe against the stock one; latency is the median call of each, "
+        "streamed by the search over the same held-out speech on the runtime named (* a simulator, interpreter or "
+        "proxy, whose ratio says less of a device's). Per-tensor sensitivity: `sensitivity.png`.",
         "",
-        "| variant | recipe | kept at higher precision | as | calibration | held-out before | held-out after | size cost | evaluations |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | recipe | kept at higher precision | as | calibration | held-out before | held-out after | size cost | latency cost | evaluations |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in quantized:
         q = v["quantization"]
@@ -51,9 +53,18 @@ def quantization_lines(verified: list[dict]) -> list[str]:
         met = "" if not search or search.get("met") else " (bounds NOT met on held-out speech)"
         lines.append(
             f"| {v['name']} | {q['source']}{met} | {kept} | {q.get('kept_at', '-')} | {q['calibration']} | {before} | {after} | {size} "
-            f"| {search.get('evaluations_run', '-')} |"
+            f"| {_latency(q.get('latency'), v.get('device_latency', False))} | {search.get('evaluations_run', '-')} |"
         )
     return lines
+
+
+def _latency(latency: dict | None, device_latency: bool) -> str:
+    """The chosen recipe's median call against the stock one's, as a ratio, with both figures and the runtime."""
+    if not latency or not latency.get("stock_call_ms_p50") or latency.get("chosen_call_ms_p50") is None:
+        return "-"
+    stock, chosen = latency["stock_call_ms_p50"], latency["chosen_call_ms_p50"]
+    mark = "" if device_latency else "*"
+    return f"x{chosen / stock:.2f} ({chosen:.3f} vs {stock:.3f} ms, {latency['runtime']}{mark})"
 
 
 def plot_sensitivity(report: dict, path: Path, top: int = 20) -> None:

@@ -7,6 +7,8 @@ steps, audio_seconds, passed, status, failures, and `error` where it failed at a
 variant passes only if both runs pass, the noisy run's failures listed among its own prefixed
 "noisy copy: ". A variant that never got verified on the clean speech is reported once, for the
 stage that failed, with no `noisy`. The report carries `reference_noisy_cer` beside `reference_cer`.
+A variant whose recipe was searched (input role `search:<variant>`) carries the recipe's latency cost
+under `quantization.latency` (`latency_cost`).
 
 Schema 3 (over 2): each variant names its `chunk` as the manifest lists it ('20ms', '512smp') and,
 once verified, carries `chunk_samples`, `chunk_ms` (a float, derived) and `sample_rate`; decision
@@ -40,6 +42,7 @@ from pipeline.spec import ChunkLength, Strict
 REPORT_JSON, REPORT_MD, DRIFT_PNG, SENSITIVITY_PNG = "report.json", "report.md", "drift.png", "sensitivity.png"
 RESULT_FILE, TIMINGS_FILE = "variant.json", "timings.json"  # what each verify writes
 NOISY_PREFIX = "noisy:"  # report input role of a variant's run on the noisy copy
+SEARCH_PREFIX = "search:"  # report input role of a variant's recipe search, whose timings give the recipe's latency cost
 NOISY_FAILURE = "noisy copy: "  # how the variant lists that run's failures
 NOISY_FIGURES = (
     "cer", "cer_increase", "cer_vs_reference", "reference_cer", "decision_agreement", "decision_output", "binary_decision_agreement",
@@ -53,9 +56,23 @@ def noisy_role(variant: str) -> str:
     return f"{NOISY_PREFIX}{variant}"
 
 
+def search_role(variant: str) -> str:
+    """The report input role of `variant`'s recipe search."""
+    return f"{SEARCH_PREFIX}{variant}"
+
+
 def variant_inputs(report: Node) -> list[tuple[str, str]]:
-    """(variant name, verify node id) of each variant the report lists: its runs on the noisy copy are no variants."""
-    return [(role, dep) for role, dep in report.inputs if not role.startswith(NOISY_PREFIX)]
+    """(variant name, verify node id) of each variant the report lists: its runs on the noisy copy and its recipe
+    search are no variants."""
+    return [(role, dep) for role, dep in report.inputs if not role.startswith((NOISY_PREFIX, SEARCH_PREFIX))]
+
+
+def latency_cost(role: str, inputs: dict[str, Artifact]) -> dict | None:
+    """What a searched recipe costs in latency: the stock and the chosen candidate's median call, timed by the search
+    over the same held-out speech on one runtime (wall clock, like the verify timings the report renders)."""
+    if role not in inputs:  # not searched, or the search failed (the variant reports that failure)
+        return None
+    return json.loads((inputs[role].path / TIMINGS_FILE).read_text()).get("latency")
 
 
 class VariantInfo(Strict):
@@ -109,7 +126,9 @@ def budget_failures(record: dict, timings: dict, budgets: Budgets, device_latenc
 
 class ReportStage(Stage):
     name = "report"
-    version = "10"  # 9: cer_increase on the noisy copy; 10: the recipe table names kept front ends and ops left float for want of a 16x8 kernel
+    # 9: cer_increase on the noisy copy; 10: the recipe table names kept front ends and ops left float for want of a 16x8
+    # kernel; 11: the recipe table gives each searched recipe's latency cost (input role search:<variant>)
+    version = "11"
     tools = ("matplotlib",)
     Config = ReportConfig
 
@@ -123,6 +142,9 @@ class ReportStage(Stage):
                 record["artifact"] = f"{record['name']}/{record.pop('artifact_file')}"
                 record |= timings
                 record["failures"] = record["failures"] + budget_failures(record, timings, config.budgets, info.device_latency)
+                latency = latency_cost(search_role(info.name), inputs)
+                if latency is not None and record.get("quantization"):
+                    record["quantization"]["latency"] = latency
                 if config.noisy:
                     record["noisy"] = noisy_entry(noisy_role(info.name), inputs, ctx)
                     record["failures"] += [NOISY_FAILURE + f for f in record["noisy"]["failures"]]

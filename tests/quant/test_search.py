@@ -104,6 +104,21 @@ def test_the_recipe_reaches_the_contract_the_verification_and_the_report(searche
     assert (report_dir / "sensitivity.png").stat().st_size > 1000
 
 
+def test_the_report_gives_the_recipes_latency_cost_timed_by_the_search(searched: dict) -> None:
+    from pipeline.report.stage import search_role, variant_inputs
+
+    report_node = plan(load_manifest(write_manifest(searched["tmp"] / "again.yaml", **searched["doc"]))).nodes["report"]
+    assert dict(report_node.inputs)[search_role("fakeq-q@20ms")] == SEARCH  # the search's timings reach the report ...
+    assert [role for role, _ in variant_inputs(report_node)] == ["fakeq-q@20ms"]  # ... and it is no variant of its own
+    timings = json.loads((searched["built"][SEARCH].path / "timings.json").read_text())["latency"]
+    (variant,) = searched["report"]["variants"]
+    assert variant["quantization"]["latency"] == timings
+    assert timings["stock_call_ms_p50"] > 0 and timings["chosen_call_ms_p50"] > 0 and timings["runtime"]
+    ratio = timings["chosen_call_ms_p50"] / timings["stock_call_ms_p50"]
+    row = next(line for line in (searched["built"]["report"].path / "report.md").read_text().splitlines() if line.startswith("| fakeq-q@20ms | search"))
+    assert f"x{ratio:.2f} ({timings['chosen_call_ms_p50']:.3f} vs {timings['stock_call_ms_p50']:.3f} ms" in row, row
+
+
 def test_a_second_build_reuses_the_recipe_without_searching(searched: dict) -> None:
     _, hits, _ = build(searched["doc"], searched["tmp"], searched["tmp"] / "cache")
     assert all(hits.values()), [n for n, hit in hits.items() if not hit]

@@ -33,6 +33,7 @@ class QnnQuantizer(Quantizer):
     stage = QdqStage
     bits = {"a8w8": 8, "a16w8": 16}
     kept_at = {"a8w8": "16-bit activations", "a16w8": "16-bit weights (a16w16 ops)"}
+    search_runtime = "onnxruntime CPU EP running the QDQ graph (the search's proxy)"
     confirm_runtime = "QNN HTP simulator"
 
     def space(self, precision: str) -> Space:
