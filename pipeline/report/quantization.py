@@ -12,7 +12,7 @@ def _headline(condition: dict) -> str:
     if "cer_vs_reference" in condition:
         parts.append(f"CER vs PyTorch {condition['cer_vs_reference']:.4f}")
     if "cer_increase" in condition:
-        parts.append(f"CER +{condition['cer_increase']:.4f}")
+        parts.append(f"CER {condition['cer_increase']:+.4f}")
     if "decision_agreement" in condition:
         parts.append(f"decisions {condition['decision_agreement']:.4f}")
     if not parts and condition.get("sqnr_db"):
