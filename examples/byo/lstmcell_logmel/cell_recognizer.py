@@ -5,7 +5,7 @@ from torch import nn
 
 
 class CellRecognizer(nn.Module):
-    def __init__(self, n_mels: int = 80, hidden: int = 64, classes: int = 29) -> None:
+    def __init__(self, n_mels: int = 80, hidden: int = 128, classes: int = 29) -> None:
         super().__init__()
         self.frontend = nn.Sequential(nn.Linear(n_mels, hidden), nn.ReLU())
         self.cell = nn.LSTMCell(hidden, hidden)
