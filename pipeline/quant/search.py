@@ -49,7 +49,7 @@ from pipeline.quant.recipe import RECIPE_FILE, SEARCH_FILE, Recipe, Unit
 from pipeline.verify.gates import Tolerance, judge
 
 TIMINGS_FILE = "timings.json"
-GOAL_FIGURES = {"max_cer_vs_reference", "max_cer_increase", "min_decision_agreement", "min_sqnr_db", "max_rel"}
+GOAL_FIGURES = {"max_cer_vs_reference", "max_cer_increase", "min_decision_agreement", "min_sqnr_db", "max_rel", "max_glitch_rel"}
 
 
 class SearchConfig(StageConfig):
@@ -147,7 +147,7 @@ class _Search:
         """What a candidate is held to: the goal with its error allowances scaled by the margin, no teacher-forced bounds."""
         t, m = self.tolerance, self.config.margin
         update: dict[str, Any] = {"one_step_max_abs": None, "one_step_max_rel": None}
-        for name in ("max_cer_vs_reference", "max_cer_increase", "max_abs", "max_rel"):
+        for name in ("max_cer_vs_reference", "max_cer_increase", "max_abs", "max_rel", "max_glitch_rel"):
             if getattr(t, name) is not None:
                 update[name] = getattr(t, name) * m
         if t.min_decision_agreement is not None:
@@ -354,10 +354,11 @@ def search(s: _Search, states: list[Unit], ranked_ops: list[str], methods: tuple
 
 class SearchStage(Stage):
     name = "quant-search"
+    # 13: candidates are judged with the range bound's glitch allowance (gates.QUANTIZED_GLITCHES), as verification is;
     # 12: timings.json carries the stock and the chosen candidate's median call (the recipe's latency cost);
     # 11: out of confirmations, the best candidate run on the backend's own runtime is kept;
     # 10: log-probability CTC outputs compare as posteriors, as verification does
-    version = "12"
+    version = "13"
     tools = ("numpy", "torch")
     Config = SearchConfig
 

@@ -26,6 +26,8 @@ MODEL_TOLERANCES_FILE = "tolerances.json"
 BOUNDS = (
     "max_abs",
     "max_rel",
+    "max_rel_glitch_fraction",
+    "max_glitch_rel",
     "min_sqnr_db",
     "max_drift_ratio",
     "min_cosine",
@@ -44,7 +46,24 @@ class Tolerance(BaseModel):
 
     max_abs: float | None = Field(None, ge=0, description="Largest absolute error on any element of a non-state output (closed loop).")
     max_rel: float | None = Field(
-        None, ge=0, description="Largest absolute error of a non-state output, as a fraction of that output's largest |reference value|."
+        None,
+        ge=0,
+        description="Largest absolute error of a non-state output, as a fraction of that output's largest |reference value|, "
+        "on every call but the glitches `max_rel_glitch_fraction` allows.",
+    )
+    max_rel_glitch_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Fraction of a stream's calls whose largest error may exceed `max_rel` (rounded down: 0.001 allows 16 of "
+        "the 5.6-minute split's 16,842 calls at 20 ms, one of a 22 s held-out stream's 1,114); a glitch is still held by "
+        "`max_glitch_rel`, and the stream by its SQNR, transcript and decision bounds. None or 0: every call.",
+    )
+    max_glitch_rel: float | None = Field(
+        None,
+        ge=0,
+        description="Largest absolute error of a non-state output on any call, glitches included, as a fraction of its "
+        "largest |reference value|: 1.0 fails an error as large as the output's whole range.",
     )
     min_sqnr_db: float | None = Field(
         None,
@@ -128,6 +147,16 @@ class Tolerance(BaseModel):
 #   int8      worst of range 0.16 / 0.26 / 0.13, SQNR >= 26 dB, states one call <= 0.55 of range, SQNR >= 30 dB
 # An output off by half its range fails every one of them by range and by SQNR; a state, by SQNR (and by range
 # above int8).
+#
+# The quantized classes' range bound holds every call but one in a thousand (`max_rel_glitch_fraction`), and no call
+# may be off by the output's whole range (`max_glitch_rel`). Measured over the whole split and its noisy copy, five
+# quantized variants whose transcript or decisions held were failed by the largest error of one short stretch alone,
+# and their targets raised `max_rel` for every call instead (so that an error that size on every call passed too):
+# the 64-unit byo LSTMCell recognizer's posteriors at LiteRT int16x8 (0.70 of the range on one frame, CER -0.0008
+# against fp32) and QNN a16w8 (0.68 in 3 of 34 ten-second windows, CER +0.0000), kws at LiteRT int16x8 (0.64,
+# decisions 0.998) and Core ML int8w (0.81, decisions 0.9993), the default LSTM at LiteRT int8 (0.99 on one noisy
+# frame, SQNR 29.9 dB, CER +0.007). An error that size on more than one call in a thousand still fails.
+QUANTIZED_GLITCHES = {"max_rel_glitch_fraction": 1e-3, "max_glitch_rel": 1.0}
 FLOAT32 = Tolerance(
     max_abs=1e-4,
     min_sqnr_db=80.0,
@@ -155,6 +184,7 @@ FLOAT16 = Tolerance(
 # may reach 0.22 of the range on a model whose decisions still agree on 99.97 % (the raw-PCM VAD, measured), so the
 # range bound only catches what SQNR and the decisions would miss: an error of the order of the range itself.
 INT8_WEIGHTS = Tolerance(
+    **QUANTIZED_GLITCHES,
     max_rel=0.3,
     min_sqnr_db=25.0,
     max_drift_ratio=3.0,
@@ -166,6 +196,7 @@ INT8_WEIGHTS = Tolerance(
     min_decision_agreement=0.99,
 )
 INT16_ACTIVATIONS = Tolerance(
+    **QUANTIZED_GLITCHES,
     max_rel=0.3,
     min_sqnr_db=30.0,
     max_drift_ratio=3.0,
@@ -177,6 +208,7 @@ INT16_ACTIVATIONS = Tolerance(
     min_decision_agreement=0.98,
 )
 INT8_ACTIVATIONS = Tolerance(
+    **QUANTIZED_GLITCHES,
     max_rel=0.4,
     min_sqnr_db=15.0,
     max_drift_ratio=3.0,
@@ -206,6 +238,29 @@ def _fails_below(value: float | None, bound: float | None) -> bool:
     return bound is not None and value is not None and not value >= bound
 
 
+def range_failures(m: dict, t: Tolerance) -> list[str]:
+    """The range bounds of one non-state output: `max_rel` on every call but the glitches `max_rel_glitch_fraction`
+    allows, counted on `m["call_max_abs"]` (each call's largest error; without it, the largest error of all is held to
+    `max_rel`), and `max_glitch_rel` on every call."""
+    rel = fraction_of_range(m["max_abs"], m["reference_max_abs"])
+    stated = f"max abs error {m['max_abs']:.3g} is {rel:.3g} of its range {m['reference_max_abs']:.3g}"
+    failures = []
+    if _fails_above(rel, t.max_glitch_rel):
+        failures.append(f"{stated}, above {t.max_glitch_rel} (the bound on any call, glitches included)")
+    if not _fails_above(rel, t.max_rel):
+        return failures
+    import numpy as np
+
+    calls = m.get("call_max_abs")
+    if calls is None or math.isnan(rel) or not t.max_rel_glitch_fraction:
+        return failures + [f"{stated}, above {t.max_rel}"]
+    over = int(np.count_nonzero(~(np.asarray(calls) <= t.max_rel * m["reference_max_abs"])))  # NaN counts as over
+    allowed = math.floor(t.max_rel_glitch_fraction * len(calls))
+    if over > allowed:
+        failures.append(f"{stated}, above {t.max_rel} on {over} of {len(calls)} calls (at most {allowed} may, as glitches)")
+    return failures
+
+
 def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Tolerance, extra: dict[str, float]) -> list[str]:
     """Failures, one line each, naming the output, the figure, the bound and the value.
 
@@ -217,11 +272,10 @@ def judge(outputs: dict[str, dict], states: dict[str, dict], tolerance: Toleranc
     """
     t, failures = tolerance, []
     for name, m in outputs.items():
-        rel = fraction_of_range(m["max_abs"], m["reference_max_abs"])
         one_step_rel = fraction_of_range(m["one_step_max_abs"], m["one_step_reference_max_abs"])
+        failures += [f"{name}: {text}" for text in range_failures(m, t)]
         checks = [
             (_fails_above(m["max_abs"], t.max_abs), f"max abs error {m['max_abs']:.3g} exceeds {t.max_abs}"),
-            (_fails_above(rel, t.max_rel), f"max abs error {m['max_abs']:.3g} is {rel:.3g} of its range {m['reference_max_abs']:.3g}, above {t.max_rel}"),
             (_fails_below(m["sqnr_db"], t.min_sqnr_db), f"SQNR {m['sqnr_db']:.1f} dB below {t.min_sqnr_db} dB (RMS error {m['rms_rel']:.3g} of its RMS)"),
             (_fails_above(m["drift_ratio"], t.max_drift_ratio), f"error grows through the state: drift ratio {m['drift_ratio']:.2f} above {t.max_drift_ratio}"),
             (_fails_below(m["cosine"], t.min_cosine), f"cosine similarity {m['cosine']:.6f} below {t.min_cosine}"),

@@ -8,6 +8,8 @@ import numpy as np
 
 # errors below this fraction of an output's RMS are rounding, not drift: they do not count in the drift ratio
 DRIFT_FLOOR = 1e-4
+# how many of a stream's largest per-call errors its record lists (step and size): where a glitch is
+WORST_CALLS = 5
 # A CTC output that is log-probabilities (log_softmax in the model) is compared as the posteriors it encodes, exp of
 # its values: a decoder reads those, and log-probabilities weigh an error in a class at one in a million like one in
 # the class decoded. Core ML's fp16 log_softmax returns -103 for a class PyTorch puts at -17 (exp(-17) is below fp16's
@@ -39,8 +41,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray, steps: int, window_ste
     thirds = np.array_split(np.sqrt((error**2).mean(axis=1)), 3) if steps >= 3 else [np.zeros(1)] * 3
     first, last = float(thirds[0].mean()) + floor, float(thirds[-1].mean()) + floor
     rms = float(np.sqrt((error**2).mean()))
+    call_max_abs = np.abs(error).max(axis=1)
+    worst = np.argsort(-np.nan_to_num(call_max_abs, nan=np.inf), kind="stable")[:WORST_CALLS]
     return {
         "max_abs": float(np.abs(error).max()),
+        # each call's largest error, for `gates.judge` to count the calls over a bound (kept out of the records) ...
+        "call_max_abs": call_max_abs,
+        # ... and where the largest ones are, for the record
+        "worst_calls": [{"step": int(k), "max_abs": float(call_max_abs[k])} for k in worst],
         "reference_max_abs": float(np.abs(ref).max()),
         "rms": rms,
         "reference_rms": reference_rms,

@@ -71,6 +71,53 @@ def test_half_the_range_fails_every_default_and_on_outputs_and_states_alike(pres
     assert judge(outputs, states, tolerance, {"cer_vs_reference": 0.0, "decision_agreement": 1.0})
 
 
+def _glitched(calls: int, glitches: int, size: float, background: float = 0.01) -> dict:
+    """Closed-loop figures of a stream of `calls` calls off by `background` of the range, `glitches` of them (spread
+    over the stream) off by `size` of it."""
+    from pipeline.verify.metrics import compare
+
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(-1, 1, (calls, 4))
+    reference[0, 0] = 1.0  # the range is 1
+    error = np.full_like(reference, background)
+    error[np.linspace(1, calls - 1, glitches).astype(int), 2] = size
+    m = compare(reference, reference + error, calls, 500)
+    return m | {"one_step_max_abs": 0.0, "one_step_reference_max_abs": 1.0}
+
+
+@pytest.mark.parametrize("preset", ["int16", "int8", "int8w"])
+def test_a_quantized_output_may_glitch_on_one_call_in_a_thousand_but_never_beyond_its_range(preset: str) -> None:
+    tolerance = PRESETS[preset]
+    bound = tolerance.max_rel
+    # 16,842 calls: the 5.6-minute split at 20 ms, where 16 calls may glitch
+    assert not judge({"y": _glitched(16_842, 16, 0.9)}, {}, tolerance, {})
+    # one call more, or the same error on 1 % of the calls, fails and says how many were over
+    (failure,) = [f for f in judge({"y": _glitched(16_842, 17, 0.9)}, {}, tolerance, {}) if "range" in f]
+    assert f"above {bound} on 17 of 16842 calls (at most 16 may, as glitches)" in failure, failure
+    assert judge({"y": _glitched(16_842, 168, 0.9)}, {}, tolerance, {})
+    # one call off by more than the whole range fails, however long the stream
+    (failure,) = [f for f in judge({"y": _glitched(16_842, 1, 1.2)}, {}, tolerance, {}) if "range" in f]
+    assert "the bound on any call, glitches included" in failure, failure
+    # a short stream (the search's held-out speech) allows one glitch; a stream under 1,000 calls none
+    assert not judge({"y": _glitched(1_114, 1, 0.9)}, {}, tolerance, {})
+    assert judge({"y": _glitched(999, 1, 0.9)}, {}, tolerance, {})
+    # the worst calls are named in the record: where the glitch is
+    m = _glitched(16_842, 1, 0.9)
+    assert m["worst_calls"][0] == {"step": 1, "max_abs": pytest.approx(0.9)}
+
+
+def test_float_outputs_and_figures_without_per_call_errors_hold_every_call() -> None:
+    m = _glitched(16_842, 1, 0.5)
+    assert any("above 0.01" in f for f in judge({"y": m}, {}, FLOAT16, {}))
+    without_calls = {k: v for k, v in _glitched(16_842, 1, 0.9).items() if k != "call_max_abs"}
+    assert judge({"y": without_calls}, {}, INT16_ACTIVATIONS, {})
+    # a NaN on one call is over any bound, not a glitch
+    m = _glitched(16_842, 1, float("nan"))
+    assert np.isnan(m["worst_calls"][0]["max_abs"]) and m["worst_calls"][0]["step"] == 1
+    assert any("nan" in f for f in judge({"y": m}, {}, INT16_ACTIVATIONS, {}))
+    assert any("nan" in f for f in judge({"y": m}, {}, INT16_ACTIVATIONS.model_copy(update={"max_glitch_rel": None}), {}))
+
+
 def test_a_nan_never_passes() -> None:
     outputs, states = _metrics(0.0)
     outputs["y"]["max_abs"] = float("nan")
