@@ -520,7 +520,7 @@ def test_a_choice_the_confirming_runtime_rejects_sends_the_search_on_and_is_neve
     calls: list[Path] = []
     monkeypatch.setattr(QnnQuantizer, "confirm_session", lambda self, d, options: (_Reversed(d) if not calls else QdqCpuSession(d), calls.append(d))[0])
     # bounds the proxy is easily held to: the first candidate that meets them is chosen, then rejected
-    loose = {"max_cer_vs_reference": 1e9, "min_sqnr_db": 0.0, "max_rel": 1e9, "max_drift_ratio": 1e9, "min_cosine": -1.0}
+    loose = {"max_cer_vs_reference": 1e9, "min_sqnr_db": 0.0, "max_rel": 1e9, "max_glitch_rel": 1e9, "max_drift_ratio": 1e9, "min_cosine": -1.0}
     base = tiny_target["graph"].nodes["quant-search:qnn-a8w8@20ms"].config
     override = base.default_tolerance.model_copy(update=loose)
     search, logs = run_search(tiny_target, tmp_path / "rejected", tolerance_override=override, default_tolerance=override)
