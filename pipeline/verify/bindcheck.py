@@ -31,12 +31,17 @@ def check_reproduces(
     Two outputs of one shape bound the wrong way round match each other's reference better than
     their own, whatever the precision; with a `bound` (float artifacts), every output must also stay
     within `bound * max(1, largest |value|)`. Quantized artifacts get no bound here: their accuracy is
-    verify's to judge over real speech.
+    verify's to judge over real speech. A CTC output that is log-probabilities compares as the posteriors it
+    encodes, as verify compares it (`metrics.COMPARED_AS_PROBABILITIES`): an fp16 log_softmax puts a class PyTorch
+    has at -17 at -103, an error of 86 in a probability below one in ten million.
     """
+    from pipeline.verify.metrics import as_probabilities, log_probability_outputs
+
     spec, names = reference.spec, reference.spec.output_names
     shape = {n: reference.contract.bindings[n].shape for n in names}
     pairs = [(a, b) for a in names for b in names if a != b and shape[a] == shape[b]]
     error, crossed, magnitude = dict.fromkeys(names, 0.0), dict.fromkeys(pairs, 0.0), dict.fromkeys(names, 0.0)
+    logp: set[str] = set()
     rng = np.random.default_rng(0)
     count = steps if recorded is None else min(steps, len(recorded[spec.input_names[0]]))
     picks = None if recorded is None else np.linspace(0, len(recorded[spec.input_names[0]]) - 1, count).round().astype(int)
@@ -50,6 +55,9 @@ def check_reproduces(
             # both start each call from the reference's state: the bound is on one call, not on a random-input trajectory
             feeds, a = reference.advance(chunk)
             b = candidate.call(feeds)
+        if k == 0:  # which outputs are log-probabilities: the reference's first call says
+            logp = log_probability_outputs(spec, {n: a[n][None] for n in names})
+        a, b = ({n: as_probabilities(v[n]) if n in logp else v[n] for n in names} for v in (a, b))
         for n in names:
             error[n] = max(error[n], float(np.abs(a[n] - b[n]).max()))
             magnitude[n] = max(magnitude[n], float(np.abs(a[n]).max()))
@@ -64,8 +72,9 @@ def check_reproduces(
         limit = (np.inf if bound is None else bound) * max(1.0, magnitude[n])
         if not error[n] <= limit:
             b_ = candidate.contract.bindings[n]
+            compared = ", compared as probabilities" if n in logp else ""
             problems.append(
-                f"{n} ({artifact} tensor {b_.name!r}, shape {list(b_.shape)}, {b_.dtype}): max abs error {error[n]:.3g} "
+                f"{n} ({artifact} tensor {b_.name!r}, shape {list(b_.shape)}, {b_.dtype}{compared}): max abs error {error[n]:.3g} "
                 f"against {source} exceeds {limit:.3g} (largest |value| {magnitude[n]:.3g})"
             )
     if problems:

@@ -186,7 +186,9 @@ def _contract_tensors(contract: Contract) -> dict:
 
 class CoreMlStage(Stage):
     name = "coreml"
-    version = "7"  # 5: guard.json, the state-range guard; 6: the recipe (contract `quantization`, ops.json); 7: parts of a state
+    # 5: guard.json, the state-range guard; 6: the recipe (contract `quantization`, ops.json); 7: parts of a state;
+    # 8: check.json compares log-probability outputs as probabilities (bindcheck)
+    version = "8"
     tools = ("coremltools", "torch")
     Config = CoreMlConfig
 

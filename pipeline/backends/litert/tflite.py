@@ -71,8 +71,9 @@ class TfliteConfig(StageConfig):
 class TfliteStage(Stage):
     name = "tflite"
     # 4: guard.json, the state-range guard; 5: the recipe (contract `quantization`, ops.json); 6: int16x8 keeping ops float
-    # (ai-edge-quantizer), ops without a 16x8 kernel float and listed
-    version = "6"
+    # (ai-edge-quantizer), ops without a 16x8 kernel float and listed; 7: check.json compares log-probability outputs as
+    # probabilities (bindcheck)
+    version = "7"
     tools = ("tensorflow", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime")
     Config = TfliteConfig
 
