@@ -493,6 +493,47 @@ def test_percentile_calibration_gives_other_activation_encodings_but_keeps_the_s
         assert bindings["minmax"][name].quantization == bindings["percentile"][name].quantization, name
 
 
+def test_sixteen_bit_state_pairs_get_headroom_beyond_the_recorded_range_and_eight_bit_ones_do_not(tiny_target: dict, tmp_path: Path) -> None:
+    """A state's range on speech calibration never heard outgrows the recorded one (lstm_ctc's c: 1.71x), and HTP
+    feeds a clipped state back: a 16-bit pair is widened by state_headroom; 8 bits keep the recorded range."""
+    from pipeline.backends.qnn.qdq import QdqConfig, QdqStage
+
+    built = tiny_target["built"]
+    inputs = {"model": built["qnn-legalize@20ms"], "calibration": built["calibrate@20ms"]}
+    recorded = json.loads((built["calibrate@20ms"].path / "ranges.json").read_text())["ranges"]
+
+    def representable(q) -> tuple[float, float]:
+        top = {"uint8": 255, "uint16": 65535}[q.dtype]
+        return q.scale * (0 - q.zero_point), q.scale * (top - q.zero_point)
+
+    configs = {
+        "a16w8": QdqConfig(precision="a16w8"),
+        "a16w8-none": QdqConfig(precision="a16w8", state_headroom=1.0),
+        "a8w8": QdqConfig(precision="a8w8"),
+        "a8w8-kept": QdqConfig(precision="a8w8", sixteen_bit_states=("c_in",)),
+    }
+    spans = {}
+    for label, config in configs.items():
+        out = tmp_path / label
+        out.mkdir()
+        QdqStage.run(config, inputs, out, dag.StageContext(label))
+        contract = read_contract(out)
+        spans[label] = {name: representable(contract.bindings[name].quantization) for name in ("c_in", "h_in", "feats")}
+        headroom = contract.quantization.get("state_headroom", {})
+        assert headroom == {"a16w8": {"c_in": 2.0, "h_in": 2.0}, "a8w8-kept": {"c_in": 2.0}}.get(label, {}), (label, headroom)
+    low = min(recorded[n]["min"] for n in ("c_in", "c_out"))
+    high = max(recorded[n]["max"] for n in ("c_in", "c_out"))
+    assert low < 0 < high
+    for label, factor in (("a16w8", 2.0), ("a8w8-kept", 2.0), ("a16w8-none", 1.0), ("a8w8", 1.0)):
+        got_low, got_high = spans[label]["c_in"]
+        step = (got_high - got_low) / (255 if label == "a8w8" else 65535)
+        # the encoding spans the widened range to within a step of rounding (the zero point is a whole number)
+        assert got_low == pytest.approx(factor * low, abs=step) and got_high == pytest.approx(factor * high, abs=step), (label, spans[label])
+    # the chunk input is not a state: its range is the recorded one with or without headroom
+    assert spans["a16w8"]["feats"] == spans["a16w8-none"]["feats"]
+    assert spans["a8w8-kept"]["h_in"] == spans["a8w8"]["h_in"]
+
+
 class _Reversed:
     """A stand-in for the confirming runtime: the CPU EP with every output's integers reversed (a wrong transcript)."""
 

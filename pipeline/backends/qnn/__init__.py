@@ -38,6 +38,7 @@ def lower(lowering: "Lowering", precision: str) -> str:
         variant=variant,
         per_channel=options.per_channel,
         calibration_samples=options.calibration_samples,
+        state_headroom=options.state_headroom,
         sixteen_bit_states=options.sixteen_bit_states.get(precision, ()),  # type: ignore[call-overload]
         sixteen_bit=options.sixteen_bit.get(precision, ()),  # type: ignore[call-overload]
         sixteen_bit_frontends=options.sixteen_bit_frontends.get(precision, ()),  # type: ignore[call-overload]

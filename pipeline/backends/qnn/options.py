@@ -79,6 +79,14 @@ class QnnOptions(BaseModel):
     calibration_samples: int | None = Field(
         None, gt=0, description="Recorded (chunk, state) pairs to calibrate on (evenly spaced); None: every recorded pair."
     )
+    state_headroom: float = Field(
+        2.0,
+        ge=1.0,
+        description="Each 16-bit state pair's calibrated range (a16w8's, and a8w8's kept recurrences') is widened by this "
+        "factor on each side away from zero, since a state's range on speech calibration never heard outgrows the "
+        "recorded one (measured up to 1.71x) and HTP feeds a clipped state back; 1: the recorded range. 8-bit states "
+        "keep their range.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> "QnnOptions":
