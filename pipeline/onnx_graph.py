@@ -146,6 +146,21 @@ _CARRY_OPS = {"Mul", "Add", "Sub", "Neg", "Slice", "Concat", "Reshape", "Squeeze
 _UNARY_OPS = {"Tanh", "Sigmoid", "Relu", "Exp", "Log", "Abs", "Sqrt", "Clip", "Softplus", "Erf"}
 
 
+def recurrence_path(nodes: list, state_in: str, state_out: str) -> list:
+    """The element-wise/data-movement nodes (of topologically ordered `nodes`) on a path from a state input to its
+    paired output that no weight matrix interrupts: the values that are the state, carried through one call."""
+    carriers = [n for n in nodes if n.op_type in _CARRY_OPS]
+    reaches_from = {state_in}
+    for node in carriers:
+        if reaches_from.intersection(node.input):
+            reaches_from.update(node.output)
+    reaches_to = {state_out}
+    for node in reversed(carriers):
+        if reaches_to.intersection(node.output):
+            reaches_to.update(i for i in node.input if i)
+    return [n for n in carriers if reaches_from.intersection(n.input) and reaches_to.intersection(n.output)]
+
+
 def recurrence_nodes(onnx_path: Path, spec: StreamSpec, state_inputs: tuple[str, ...], variant: str, where: str) -> tuple[str, ...]:
     """ONNX nodes carrying a state's recurrence, found by graph structure (so one manifest entry holds
     at every chunk length): the element-wise/data-movement nodes on a path from the state input to its
@@ -158,18 +173,9 @@ def recurrence_nodes(onnx_path: Path, spec: StreamSpec, state_inputs: tuple[str,
     if unknown:
         raise UserError(f"{variant}: keep_float_states names {unknown}, which are not state inputs {list(pairs)}", where=where)
     nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
-    carriers = [n for n in nodes if n.op_type in _CARRY_OPS]
     chosen: dict[str, None] = {}
     for state_in in state_inputs:
-        reaches_from = {state_in}
-        for node in carriers:  # ONNX nodes are topologically ordered
-            if reaches_from.intersection(node.input):
-                reaches_from.update(node.output)
-        reaches_to = {pairs[state_in]}
-        for node in reversed(carriers):
-            if reaches_to.intersection(node.output):
-                reaches_to.update(i for i in node.input if i)
-        on_path = [n for n in carriers if reaches_from.intersection(n.input) and reaches_to.intersection(n.output)]
+        on_path = recurrence_path(nodes, state_in, pairs[state_in])
         if not on_path:
             raise UserError(
                 f"{variant}: keep_float_states: no element-wise path leads from {state_in!r} to {pairs[state_in]!r}",

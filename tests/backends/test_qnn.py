@@ -512,11 +512,12 @@ def test_sixteen_bit_state_pairs_get_headroom_beyond_the_recorded_range_and_eigh
         "a8w8": QdqConfig(precision="a8w8"),
         "a8w8-kept": QdqConfig(precision="a8w8", sixteen_bit_states=("c_in",)),
     }
-    spans = {}
+    spans, encodings = {}, {}
     for label, config in configs.items():
         out = tmp_path / label
         out.mkdir()
         QdqStage.run(config, inputs, out, dag.StageContext(label))
+        encodings[label] = json.loads((out / "encodings.json").read_text())
         contract = read_contract(out)
         spans[label] = {name: representable(contract.bindings[name].quantization) for name in ("c_in", "h_in", "feats")}
         headroom = contract.quantization.get("state_headroom", {})
@@ -529,6 +530,21 @@ def test_sixteen_bit_state_pairs_get_headroom_beyond_the_recorded_range_and_eigh
         step = (got_high - got_low) / (255 if label == "a8w8" else 65535)
         # the encoding spans the widened range to within a step of rounding (the zero point is a whole number)
         assert got_low == pytest.approx(factor * low, abs=step) and got_high == pytest.approx(factor * high, abs=step), (label, spans[label])
+    # the values inside the recurrence (f*c, and c itself where the graph stores it mid-call) are widened too: the
+    # DSP clipped the byo LSTMCell's c there when only the pair was
+    import onnx
+
+    from pipeline.onnx_graph import recurrence_path
+
+    source = built["qnn-legalize@20ms"].path / "model.onnx"
+    path = [o for n in recurrence_path(list(onnx.load(str(source)).graph.node), "c_in", "c_out") for o in n.output if o != "c_out"]
+    assert path, "the tiny LSTM's c has no value inside its recurrence"
+
+    def width(encoding: dict) -> float:
+        return encoding["scale"] * (2 ** encoding["bitwidth"] - 1)
+
+    widened = [n for n in path if n in encodings["a16w8"] and width(encodings["a16w8"][n]) > 1.9 * width(encodings["a16w8-none"][n])]
+    assert widened == [n for n in path if n in encodings["a16w8"]] and widened, (path, widened)
     # the chunk input is not a state: its range is the recorded one with or without headroom
     assert spans["a16w8"]["feats"] == spans["a16w8-none"]["feats"]
     assert spans["a8w8-kept"]["h_in"] == spans["a8w8"]["h_in"]

@@ -20,7 +20,9 @@ nodes); in a16w8, single nodes' weights at 16 bits (symmetric int16: HTP runs th
   cell state reaches 1.71x its calibrated range, the byo LSTMCell recognizer's 1.35x (on the DSP that
   clipping failed its state bound), dscnn's buffers 1.28x, the rest at most 1.1x. A 16-bit state pair's
   range (every pair in a16w8, a kept recurrence's in a8w8) is therefore widened by `state_headroom` on
-  each side away from zero (2x: one bit of 16). 8-bit states keep their recorded range: no bit to spare.
+  each side away from zero (2x: one bit of 16), and so is every value inside its recurrence (f*c, the c
+  between a chunk's frames: measured, the DSP clipped there when only the pair was widened). 8-bit
+  states keep their recorded range: no bit to spare.
 - the integer boundary (boundary.py): graph I/O in HTP's integers, each encoding in the contract.
 """
 
@@ -95,11 +97,47 @@ def widened(low: float, high: float, headroom: float) -> tuple[float, float]:
     return (low * headroom if low < 0 else low), (high * headroom if high > 0 else high)
 
 
+def path_ranges(source: Path, spec: StreamSpec, headroom: dict[str, float], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """The values inside each widened state's recurrence (f*c, the c between two frames of a chunk, ...: every
+    element-wise or data-movement node on its path to the paired output), each with its range over the calibration
+    feeds widened by the pair's headroom. The state is clipped wherever it is stored, not only at the graph's edge."""
+    import onnx
+    import onnxruntime as ort
+
+    from pipeline.onnx_graph import recurrence_path
+
+    model = onnx.load(str(source))
+    pairs = {s.input: s.output for s in spec.states}
+    graph_outputs = {o.name for o in model.graph.output}
+    inside: dict[str, float] = {}
+    for state_in, factor in headroom.items():
+        for node in recurrence_path(list(model.graph.node), state_in, pairs[state_in]):
+            inside |= {o: factor for o in node.output if o not in graph_outputs}
+    if not inside:
+        return {}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in inside)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named value
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = list(inside)
+    low, high = np.full(len(names), np.inf), np.full(len(names), -np.inf)
+    for feed in feeds:
+        for k, value in enumerate(session.run(names, feed)):
+            low[k], high[k] = min(low[k], float(value.min())), max(high[k], float(value.max()))
+    return {name: widened(float(low[k]), float(high[k]), inside[name]) for k, name in enumerate(names)}
+
+
 def with_state_ranges(
-    overrides: dict[str, list[dict]], spec: StreamSpec, ranges: dict[str, dict], graph, headroom: dict[str, float] | None = None
+    overrides: dict[str, list[dict]],
+    spec: StreamSpec,
+    ranges: dict[str, dict],
+    graph,
+    headroom: dict[str, float] | None = None,
+    inside: dict[str, tuple[float, float]] | None = None,
 ) -> None:
     """Give each chunk input its recorded range and each state input and output the union of the pair's, widened
-    by the pair's `headroom` (state input -> factor; absent: 1), in `overrides` (TensorQuantOverrides).
+    by the pair's `headroom` (state input -> factor; absent: 1), and each value `inside` a widened recurrence its
+    range (`path_ranges`), in `overrides` (TensorQuantOverrides).
 
     A state output made by data movement (a KV cache's `Slice(Concat(k_in, k))`) shares its producer's input
     encoding, so the range goes up the chain to the tensor whose encoding it shares."""
@@ -107,6 +145,7 @@ def with_state_ranges(
     # chunk inputs too: the whole calibration stream's range, not the evenly spaced samples' (a loud PCM sample the
     # samples miss would clip, and with it the PCM context a state carries)
     groups = [((i.name,), i.name, 1.0) for i in spec.inputs] + [((s.input, s.output), s.output, (headroom or {}).get(s.input, 1.0)) for s in spec.states]
+    given: set[str] = set()
     for pair, last, factor in groups:
         low, high = widened(min(ranges[n]["min"] for n in pair), max(ranges[n]["max"] for n in pair), factor)
         names, tensor = list(pair), last
@@ -124,6 +163,12 @@ def with_state_ranges(
                 # encoding is the one fed back, so it gets the pair's range too
                 entry["convert"] = {**entry["convert"], **bounds}
             overrides[name] = [entry, *rest]
+            given.add(name)
+    for name, (low, high) in (inside or {}).items():
+        first, *rest = overrides.get(name) or [{}]
+        if "scale" in first or name in given:
+            continue
+        overrides[name] = [{**first, "rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}, *rest]
 
 
 def check_state_ranges(spec: StreamSpec, encodings: dict[str, Quantization], ranges: dict[str, dict], variant: str, where: str) -> dict:
@@ -263,7 +308,9 @@ def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dic
         qnn.extra_options["TensorQuantOverrides"][weight] = [entry, *rest]
     # the ranges go in after the mixed-precision fixer has typed every tensor (it rejects a range-only entry it must retype)
     if config.state_range_overrides:
-        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph, state_headroom(config, spec))
+        headroom = state_headroom(config, spec)
+        inside = path_ranges(source, spec, headroom, list(_Reader(recorded, spec.input_names, config.calibration_samples))) if headroom else {}
+        with_state_ranges(qnn.extra_options["TensorQuantOverrides"], spec, ranges, graph, headroom, inside)
     quantize_static(
         str(source),
         str(output),
