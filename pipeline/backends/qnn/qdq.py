@@ -336,7 +336,7 @@ def state_headroom(config: QdqConfig, spec: StreamSpec) -> dict[str, float]:
 
 class QdqStage(Stage):
     name = "qnn-qdq"
-    version = "9"  # 9: headroom on 16-bit state pairs
+    version = "10"  # 9: headroom on 16-bit state pairs; 10: and on the values inside their recurrence
     tools = ("onnx", "onnxruntime")
     Config = QdqConfig
 
