@@ -272,6 +272,19 @@ def sixteen_bit_weights(graph, patterns: tuple[str, ...], variant: str) -> dict[
 
 
 def quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dict], recorded: dict[str, np.ndarray], config: QdqConfig) -> None:
+    """Quantize a private copy of `source`: onnxruntime writes `<model>-inferred.onnx` beside the model it quantizes
+    and deletes it, so two stages quantizing one cached graph at once (a search and a qdq, with --jobs 2) would
+    delete each other's file (measured: FileNotFoundError in the byo LSTMCell's DSP build) and write into the cache."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qnn-qdq-") as private:
+        copy = Path(private) / source.name
+        shutil.copyfile(source, copy)
+        _quantize(copy, output, spec, ranges, recorded, config)
+
+
+def _quantize(source: Path, output: Path, spec: StreamSpec, ranges: dict[str, dict], recorded: dict[str, np.ndarray], config: QdqConfig) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
