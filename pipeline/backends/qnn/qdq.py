@@ -396,8 +396,9 @@ class QdqStage(Stage):
             name: Binding(name=name, shape=tuple(shapes[name]), dtype=boundary[name].dtype, quantization=boundary[name])
             for name in (*spec.input_names, *spec.output_names)
         }
-        if config.state_range_overrides and state_headroom(config, spec):
-            recipe["state_headroom"] = state_headroom(config, spec)
+        headroom = state_headroom(config, spec) if config.state_range_overrides else {}
+        if headroom:
+            recipe["state_headroom"] = headroom
         update = {"backend": "qnn", "precision": config.precision, "artifact": ARTIFACT, "bindings": bindings, "quantization": recipe}
         write_contract(out, contract.model_copy(update=update))
         constants = sum(1 for e in encodings.values() if e["kind"] == "constant")
